@@ -1,0 +1,326 @@
+"""Typed experiment configuration, loaded from YAML.
+
+Config flows one way: a YAML file (plus ``key=value`` overrides) is validated
+into :class:`ExperimentConfig`; small ``build_*`` functions elsewhere turn its
+sections into plain objects. Unknown keys are rejected, and every error names
+the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mtl_core.errors import ConfigError
+
+TaskType = Literal["binary", "multiclass", "regression"]
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TaskConfig(_Strict):
+    """One prediction task: a name, the target column and the task type."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$", description="Task key.")
+    column: str = Field(min_length=1, description="Target column in the data.")
+    type: TaskType
+
+
+class SyntheticConfig(_Strict):
+    """Parameters of the MMoE synthetic generator (Ma et al., KDD 2018)."""
+
+    n_rows: int = Field(4000, ge=20)
+    dim: int = Field(100, ge=2, description="Input dimension d.")
+    correlation: float = Field(0.9, ge=-1.0, le=1.0, description="Task correlation p.")
+    n_tasks: int = Field(2, ge=1, le=64)
+    scale: float = Field(1.0, gt=0, description="c: norm of each task's weight vector.")
+    n_sin: int = Field(10, ge=0, description="m: number of sine terms.")
+    noise_std: float = Field(0.1, ge=0)
+    binarize: list[str] = Field(
+        default_factory=list, description="Generated targets (y0, y1, ...) to threshold at 0."
+    )
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the rows come from, which tasks to learn, and how to split."""
+
+    source: Literal["file", "synthetic", "penguins"] = "file"
+    path: str | None = Field(None, description="CSV or Parquet file, for source 'file'.")
+    features: list[str] | None = Field(None, description="Feature columns; default all others.")
+    tasks: list[TaskConfig] = Field(min_length=1)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate task names {dupes}; each task needs its own name")
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs 'path' (a .csv or .parquet file)")
+        return self
+
+
+class ModelConfig(_Strict):
+    """Shared MLP trunk and per-task heads."""
+
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm: Literal["none", "batch", "layer"] = "none"
+    head_hidden: int = Field(0, ge=0, description="Hidden units in each head; 0 = linear head.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
+        return self
+
+
+class LossConfig(_Strict):
+    """Task weights and L1/L2 penalties of L = sum_t w_t L_t + l1|θ|_1 + l2|θ|²."""
+
+    weights: dict[str, float] | None = Field(None, description="Per-task weight; default 1.")
+    l1: float = Field(0.0, ge=0.0)
+    l2: float = Field(0.0, ge=0.0)
+    penalty_scope: Literal["trunk", "all"] = "trunk"
+
+
+class TrainConfig(_Strict):
+    """Optimiser, schedule, early stopping and device."""
+
+    epochs: int = Field(50, ge=1, le=100_000)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["none", "cosine", "step"] = "none"
+    step_size: int = Field(10, ge=1, description="Epochs per step of the 'step' schedule.")
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    patience: int | None = Field(10, ge=1, description="Early stopping; null = off.")
+    min_delta: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    bf16: bool = Field(False, description="bf16 autocast, on CUDA only.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+class Range(_Strict):
+    """A numeric search range."""
+
+    low: float
+    high: float
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class SearchConfig(_Strict):
+    """The Optuna search over task weights, penalties and learning rate."""
+
+    n_trials: int = Field(20, ge=1, description="Finished trials the study should hold.")
+    timeout_minutes: float | None = Field(None, gt=0)
+    n_workers: int = Field(1, ge=1, le=64)
+    storage: str | None = Field(None, description="Optuna storage URL or journal file.")
+    study_name: str | None = None
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = Field(5, ge=0)
+    pruner_warmup_epochs: int = Field(3, ge=0)
+    trial_epochs: int | None = Field(None, ge=1, description="Epochs per trial; default train.")
+    weights: bool = Field(True, description="Search task weights on the simplex.")
+    l1: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))
+    l2: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))
+    lr: Range | None = Field(default_factory=lambda: Range(low=1e-4, high=1e-2))
+    width: list[int] | None = Field(None, description="Trunk widths to choose from.")
+    dropout: Range | None = None
+
+
+class TrackingConfig(_Strict):
+    """MLflow experiment and registered model names."""
+
+    experiment: str = Field("mtl-default", min_length=1)
+    model_name: str | None = Field(None, description="Registered model; default experiment.")
+
+    @property
+    def registered_model(self) -> str:
+        """Name of the registered model the final model is versioned under."""
+        return self.model_name or self.experiment
+
+
+class ExperimentConfig(_Strict):
+    """A whole experiment: data and tasks, model, loss, training, search, tracking."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    baselines: bool = Field(True, description="Train single-task baselines for delta_m.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        names = [t.name for t in self.data.tasks]
+        if self.loss.weights is not None:
+            if set(self.loss.weights) != set(names):
+                raise ValueError(
+                    f"loss.weights keys {sorted(self.loss.weights)} must match the tasks {names}"
+                )
+            negative = {k: v for k, v in self.loss.weights.items() if v < 0}
+            if negative:
+                raise ValueError(f"loss.weights must be >= 0, got {negative}")
+            if sum(self.loss.weights.values()) <= 0:
+                raise ValueError("loss.weights must not all be zero")
+        if self.data.source == "synthetic":
+            generated = {f"y{i}" for i in range(self.data.synthetic.n_tasks)}
+            unknown = sorted(set(self.data.synthetic.binarize) - generated)
+            if unknown:
+                raise ValueError(f"data.synthetic.binarize {unknown} not in {sorted(generated)}")
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names in config order."""
+        return [t.name for t in self.data.tasks]
+
+    def task_weights(self) -> dict[str, float]:
+        """Loss weight per task; 1.0 each when none are given."""
+        return dict(self.loss.weights) if self.loss.weights else dict.fromkeys(self.task_names, 1.0)
+
+
+def _format_errors(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {e.get('input')!r})"
+        if e["type"] == "extra_forbidden":
+            msg, got = "unknown key", ""
+        parts.append(f"key '{key}': {msg}{got}")
+    return "; ".join(parts)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """Find a config by path, or by bare name in ``configs/`` (``default`` → default.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: config file not found (bundled configs: {known})")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}': expected key=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with dotted ``key=value`` overrides applied."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return out
+
+
+def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate a parsed mapping; errors name ``source`` and the offending keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_errors(exc)}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning I/O and syntax errors into one-line ConfigErrors."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config, apply ``key=value`` overrides and validate it.
+
+    Args:
+        name_or_path: A file path, or the name of a file in ``configs/``.
+        overrides: Dotted ``key=value`` strings; values are parsed as YAML.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: The file is missing or invalid, or a key or value is wrong.
+    """
+    path = resolve_config_path(name_or_path)
+    raw = read_yaml(path)
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        raw = apply_overrides(raw, overrides)
+    return validate_config(raw, source=str(path))
+
+
+def flat_params(cfg: ExperimentConfig) -> dict[str, str]:
+    """Flatten a config into ``section.key`` strings, as logged to MLflow.
+
+    Tasks are keyed by name (``tasks.income.type``, ``tasks.income.weight``) so
+    that runs with the same tasks line up in MLflow's compare view.
+    """
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+    dumped = cfg.model_dump(mode="json")
+    tasks = dumped["data"].pop("tasks")
+    dumped["loss"].pop("weights")
+    walk("", dumped)
+    weights = cfg.task_weights()
+    for t in tasks:
+        for k in ("column", "type"):
+            out[f"tasks.{t['name']}.{k}"] = str(t[k])
+        out[f"tasks.{t['name']}.weight"] = str(weights[t["name"]])
+    return out

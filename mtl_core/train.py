@@ -1,0 +1,278 @@
+"""Training: ``fit`` a multi-task model with early stopping on the validation objective.
+
+Tabular batches are sliced from tensors that already sit on the device and
+are reshuffled each epoch; there is no DataLoader or collate on the hot path,
+and no host sync inside an epoch. Per-epoch callbacks are injected so that the
+search can feed a pruner and the tracker can log, without this module
+importing either.
+
+The validation objective (``val/objective``, lower is better) is the
+unweighted mean over tasks of each task's validation loss: log-loss for
+classification, MSE of the standardised target for regression (1 - R^2 up to
+the variance estimate). It ignores the task weights on purpose, so that a
+search over weights cannot improve it by shifting weight between tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtl_core.config import TrainConfig
+from mtl_core.data import PreparedData, Split
+from mtl_core.errors import NonFiniteLossError
+from mtl_core.losses import MultiTaskLoss
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class DeviceSplit:
+    """A split's features (N, in_dim) and targets {task: (N,)} on one device."""
+
+    X: torch.Tensor
+    y: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
+        """Copy a numpy split to ``device`` once."""
+        return cls(
+            X=torch.as_tensor(split.X, device=device),
+            y={k: torch.as_tensor(v, device=device) for k, v in split.y.items()},
+        )
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+
+@dataclass
+class EpochLog:
+    """What one epoch produced; passed to every callback."""
+
+    epoch: int
+    train_loss: float
+    train_task_losses: dict[str, float]
+    val_objective: float
+    val_task_losses: dict[str, float]
+    lr: float
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric keys: ``train/loss``, ``train/{task}/loss``, ``val/objective``, ..."""
+        out = {"train/loss": self.train_loss, "val/objective": self.val_objective, "lr": self.lr}
+        out.update({f"train/{t}/loss": v for t, v in self.train_task_losses.items()})
+        out.update({f"val/{t}/loss": v for t, v in self.val_task_losses.items()})
+        return out
+
+
+EpochCallback = Callable[[EpochLog], None]
+
+
+@dataclass
+class FitResult:
+    """History, best epoch and best weights of a training run (weights are restored)."""
+
+    history: list[EpochLog]
+    best_epoch: int
+    best_val_objective: float
+    best_state: dict[str, torch.Tensor] = field(repr=False)
+    stopped_early: bool
+    seconds: float
+    device: str
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs actually trained."""
+        return len(self.history)
+
+
+@torch.no_grad()
+def split_losses(
+    model: nn.Module, split: DeviceSplit, loss: MultiTaskLoss, chunk: int = 65536
+) -> tuple[float, dict[str, float]]:
+    """Objective and per-task losses of ``model`` on a split (eval mode, no penalty).
+
+    Returns:
+        ``(objective, {task: loss})``; the objective is the mean of the task losses.
+    """
+    was_training = model.training
+    model.eval()
+    names = list(loss.kinds)
+    sums = torch.zeros(len(names), device=split.X.device, dtype=torch.float64)
+    counts = torch.zeros(len(names), device=split.X.device, dtype=torch.float64)
+    for start in range(0, len(split), chunk):
+        out = model(split.X[start : start + chunk])
+        for i, name in enumerate(names):
+            y = split.y[name][start : start + chunk]
+            mask = ~torch.isnan(y)
+            per_row = loss.kinds[name].loss(out[name].float(), torch.where(mask, y, 0.0))
+            sums[i] += (per_row * mask).sum()
+            counts[i] += mask.sum()
+    model.train(was_training)
+    values = (sums / counts.clamp_min(1)).tolist()
+    per_task = dict(zip(names, values, strict=True))
+    return float(np.mean(values)), per_task
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return None
+
+
+def _check_finite(epoch: int, total: float, per_task: dict[str, float]) -> None:
+    if np.isfinite(total) and all(np.isfinite(v) for v in per_task.values()):
+        return
+    bad = [t for t, v in per_task.items() if not np.isfinite(v)] or ["penalty"]
+    raise NonFiniteLossError(
+        f"loss became non-finite in epoch {epoch} (task(s) {bad}); "
+        "lower the learning rate or the penalties, or enable grad_clip"
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    train: DeviceSplit,
+    loss: MultiTaskLoss,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[float, dict[str, float]]:
+    """One pass over ``train`` in shuffled mini-batches; returns mean total and task losses."""
+    model.train()
+    device = train.X.device
+    names = list(loss.kinds)
+    n, bs = len(train), cfg.batch_size
+    perm = torch.randperm(n, device=device, generator=generator)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                              enabled=cfg.bf16 and device.type == "cuda")
+    total_sum = torch.zeros((), device=device)
+    task_sum = torch.zeros(len(names), device=device)
+    steps = 0
+    for start in range(0, n, bs):
+        idx = perm[start : start + bs]
+        if idx.numel() < 2 and n > 1:  # a 1-row batch breaks batch norm and adds only noise
+            continue
+        xb = train.X[idx]  # (B, in_dim)
+        yb = {t: train.y[t][idx] for t in names}
+        with autocast:
+            out = model(xb)
+        total, per_task = loss(model, out, yb)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        total_sum += total.detach()
+        task_sum += torch.stack([per_task[t].detach() for t in names])
+        steps += 1
+    steps = max(steps, 1)
+    task_means = (task_sum / steps).tolist()  # the epoch's one host sync
+    return total_sum.item() / steps, dict(zip(names, task_means, strict=True))
+
+
+def fit(
+    model: nn.Module,
+    data: PreparedData,
+    loss: MultiTaskLoss,
+    cfg: TrainConfig,
+    device: str | torch.device | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    epochs: int | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data``'s train split, early-stopping on ``val/objective``.
+
+    Args:
+        model: A :class:`~mtl_core.model.MultiTaskNet` (or any module returning
+            ``{task: outputs}``); it is moved to the device and left holding the
+            best weights.
+        data: Prepared splits; only ``train`` and ``val`` are used.
+        loss: The weighted, regularised loss.
+        cfg: Optimiser, schedule, clipping, early stopping and seed.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:N``; default ``cfg.device``.
+        callbacks: Called after every epoch with its :class:`EpochLog`. An
+            exception raised there (e.g. a pruning signal) propagates.
+        epochs: Overrides ``cfg.epochs``.
+
+    Returns:
+        A :class:`FitResult` with the history, best epoch and best weights.
+
+    Raises:
+        NonFiniteLossError: A task loss or the total became NaN or infinite.
+    """
+    dev = resolve_device(device or cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    model.to(dev)
+    train = DeviceSplit.from_split(data.splits["train"], dev)
+    val = DeviceSplit.from_split(data.splits["val"], dev)
+    n_epochs = epochs or cfg.epochs
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg, n_epochs)
+
+    history: list[EpochLog] = []
+    best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
+    since_best, stopped_early, t0 = 0, False, time.perf_counter()
+    for epoch in range(1, n_epochs + 1):
+        t_epoch = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        train_loss, train_tasks = train_epoch(model, train, loss, opt, cfg, generator)
+        _check_finite(epoch, train_loss, train_tasks)
+        val_obj, val_tasks = split_losses(model, val, loss)
+        _check_finite(epoch, val_obj, val_tasks)
+        if sched is not None:
+            sched.step()
+        log = EpochLog(epoch, train_loss, train_tasks, val_obj, val_tasks, lr,
+                       time.perf_counter() - t_epoch)
+        history.append(log)
+        if val_obj < best[0] - cfg.min_delta:
+            best = (val_obj, epoch, copy.deepcopy(model.state_dict()))
+            since_best = 0
+        else:
+            since_best += 1
+        for cb in callbacks:
+            cb(log)
+        if cfg.patience and since_best >= cfg.patience:
+            stopped_early = True
+            break
+
+    model.load_state_dict(best[2])
+    return FitResult(history, best[1], best[0], best[2], stopped_early,
+                     time.perf_counter() - t0, str(dev))
+
+
+def predict_outputs(
+    model: nn.Module, X: np.ndarray, device: str | torch.device = "auto", chunk: int = 65536
+) -> dict[str, np.ndarray]:
+    """Raw model outputs ``{task: (N, out_dim)}`` for a feature matrix, in eval mode."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for start in range(0, len(X), chunk):
+            xb = torch.as_tensor(X[start : start + chunk], device=dev)
+            for name, out in model(xb).items():
+                parts.setdefault(name, []).append(out.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
