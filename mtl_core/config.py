@@ -9,6 +9,7 @@ the file, the key and what was expected.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -324,3 +325,8 @@ def flat_params(cfg: ExperimentConfig) -> dict[str, str]:
             out[f"tasks.{t['name']}.{k}"] = str(t[k])
         out[f"tasks.{t['name']}.weight"] = str(weights[t["name"]])
     return out
+
+
+def state_dir() -> Path:
+    """The project's runtime state folder: ``MTL_STATE_DIR``, else ``./.state``."""
+    return Path(os.environ.get("MTL_STATE_DIR", ".state")).resolve()

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # settings below are used by the scripts that source this
 # Shared code for infra/local/up and infra/local/down. Sourced, not executed.
 #
 # The local stack is four plain processes bound to 127.0.0.1:
@@ -37,8 +37,8 @@ MLFLOW_ARTIFACTS_DIR="$STATE_DIR/mlartifacts"
 PREFECT_API="http://$HOST:$PREFECT_PORT/api"
 MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
 
-# Canonical start/stop order; `down` walks it backwards.
-ALL_COMPONENTS=(postgres prefect mlflow worker)
+# Canonical start order; `down` walks it backwards: worker, prefect, mlflow, postgres.
+ALL_COMPONENTS=(postgres mlflow prefect worker)
 
 # ---------------------------------------------------------------- small helpers
 log() { printf '[infra] %s\n' "$*" >&2; }
@@ -82,12 +82,14 @@ pg_user_can_reach() { (cd / && runuser -u "$PG_SYSUSER" -- test -x "$1") 2>/dev/
 resolve_pg_dir() {
     PG_DIR="${MTL_PG_DIR:-$STATE_DIR/pg}"
     if [[ -z "${MTL_PG_DIR:-}" ]] && is_root && id "$PG_SYSUSER" >/dev/null 2>&1; then
-        mkdir -p "$STATE_DIR"
-        if ! pg_user_can_reach "$STATE_DIR"; then
+        if [[ -d "$STATE_DIR" ]] && ! pg_user_can_reach "$STATE_DIR"; then
             PG_DIR="/var/lib/mtl-infra/pg-$(state_hash)"
         fi
     fi
     PGDATA_DIR="$PG_DIR/data"
+    # The server log must be writable by the postgres user: keep it in logs/ when that folder is
+    # reachable, next to the data otherwise (up then links it into logs/).
+    if [[ "$PG_DIR" == "$STATE_DIR/pg" ]]; then PG_LOG="$LOG_DIR/postgres.log"; else PG_LOG="$PG_DIR/postgres.log"; fi
     PG_SOCKET_DIR="$PG_DIR/socket"
     # A unix socket path is limited to 107 bytes; deep pytest tmp folders can exceed it.
     if (( ${#PG_SOCKET_DIR} + ${#PG_PORT} + 10 > 100 )); then
@@ -102,7 +104,7 @@ find_pg_bin() {
         PG_BIN="$(dirname "$(readlink -f "$(command -v pg_ctl)")")"
     else
         local d
-        for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
             if [[ -x "$d/pg_ctl" && -x "$d/initdb" ]]; then PG_BIN="$d"; break; fi
         done
     fi
@@ -159,7 +161,7 @@ proc_alive() { # $1 = component, $2 = word expected in its command line
 spawn() { # $1 = component, $2 = working directory, rest = command (use `env K=V ...` for env)
     local comp="$1" cwd="$2"; shift 2
     local logf="$LOG_DIR/$comp.log"
-    printf '\n===== %s starting %s =====\n' "$(date -Is)" "$comp" >>"$logf"
+    log_marker "$comp" "$logf"
     (cd "$cwd" && exec setsid "$@" </dev/null >>"$logf" 2>&1) &
     echo $! >"$(pid_file "$comp")"
 }
@@ -173,9 +175,34 @@ http_ok() { # $1 = URL
     fi
 }
 
-# Kill the process group led by the PID in the component's PID file: TERM, wait, then KILL.
+# PIDs of the process tree below $1, found through parent links. Collected before signalling,
+# because a child that moved to its own session (Prefect can isolate flow-run processes that way)
+# is outside the process group and would be orphaned, and so untraceable, once its parent dies.
+descendants() {
+    ps -eo pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END {
+            inset[root] = 1; changed = 1
+            while (changed) {
+                changed = 0
+                for (p in parent) if (!(p in inset) && (parent[p] in inset)) { inset[p] = 1; changed = 1 }
+            }
+            for (p in inset) if (p != root) print p
+        }'
+}
+
+# Which of the given PIDs, or members of process group $1, are still alive. Zombies do not
+# count: an exited process waits for its reaper, which in a container's PID 1 can be slow.
+still_alive() { # $1 = process group id (-1 for none), rest = PIDs
+    local pgid="$1"; shift
+    ps -eo pid=,pgid=,stat= | awk -v g="$pgid" -v list=" $* " \
+        '$3 !~ /^Z/ && ($2 == g || index(list, " " $1 " ")) { print $1 }'
+}
+
+# Stop a component started by spawn(): SIGTERM its process group and process tree, wait up to
+# 30 s for all of it to exit, then SIGKILL what is left. Removes the PID file.
 stop_group() { # $1 = component, $2 = word expected in its command line
-    local comp="$1" word="$2" f pid pgid i
+    local comp="$1" word="$2" f pid pgid i left tree
     f="$(pid_file "$comp")"
     if ! proc_alive "$comp" "$word"; then
         rm -f "$f"
@@ -184,25 +211,24 @@ stop_group() { # $1 = component, $2 = word expected in its command line
     fi
     pid="$(cat "$f")"
     pgid="$(ps -o pgid= -p "$pid" | tr -d ' ')"
-    log "$comp: stopping (pid $pid, process group $pgid)"
-    # Only signal the group if the process really leads its own group (it does when started by
-    # spawn); otherwise fall back to the single PID rather than hitting our own group.
-    if [[ "$pgid" == "$pid" ]]; then kill -TERM -- "-$pgid" 2>/dev/null || true
-    else kill -TERM "$pid" 2>/dev/null || true; pgid=""; fi
+    # Signal the group only if the process really leads its own (it does when started by spawn);
+    # otherwise we could hit an unrelated group, e.g. the shell that ran us.
+    [[ "$pgid" == "$pid" ]] || pgid=-1
+    mapfile -t tree < <(descendants "$pid")
+    tree=("$pid" "${tree[@]}")
+    log "$comp: stopping (pid $pid, ${#tree[@]} processes)"
+    if [[ "$pgid" != -1 ]]; then kill -TERM -- "-$pgid" 2>/dev/null || true; fi
+    kill -TERM "${tree[@]}" 2>/dev/null || true
     for ((i = 0; i < 30 * 5; i++)); do
-        if [[ -n "$pgid" ]]; then
-            pgrep -g "$pgid" >/dev/null 2>&1 || break
-        else
-            kill -0 "$pid" 2>/dev/null || break
-        fi
+        left="$(still_alive "$pgid" "${tree[@]}")"
+        [[ -n "$left" ]] || break
         sleep 0.2
     done
-    if [[ -n "$pgid" ]] && pgrep -g "$pgid" >/dev/null 2>&1; then
-        log "$comp: still alive after 30 s, sending SIGKILL"
-        kill -KILL -- "-$pgid" 2>/dev/null || true
+    if [[ -n "$left" ]]; then
+        log "$comp: still alive after 30 s, sending SIGKILL to: ${left//$'\n'/ }"
+        # shellcheck disable=SC2086  # word splitting of the PID list is intended
+        kill -KILL $left 2>/dev/null || true
         sleep 0.5
-    elif [[ -z "$pgid" ]] && kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$f"
 }
@@ -223,8 +249,13 @@ wait_for() { # $1 = component, $2 = word in cmdline ("" = no liveness check), re
     return 1
 }
 
+# Show the end of a component's log, starting no earlier than its latest "===== ... starting"
+# marker so output from earlier runs does not muddy the picture, then exit non-zero.
 fail_with_log() { # $1 = component, $2 = log file
     log "$1 failed to start; last lines of $2:"
-    tail -n 40 "$2" >&2 || true
+    { tac "$2" | sed '/^===== .* starting /q' | tac | tail -n 40; } >&2 2>/dev/null || true
     exit 1
 }
+
+# Append the same marker spawn() writes, for logs we do not own the writing of (postgres).
+log_marker() { printf '\n===== %s starting %s =====\n' "$(date -Is)" "$1" >>"$2"; }

@@ -1,0 +1,117 @@
+"""The ``mtl`` command: run the pipeline, score files with a registered model, deploy.
+
+Bad input (a config error, a missing file, a model URI that does not exist)
+prints one line ``mtl: error: ...`` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import flows  # noqa: F401  (embedded defaults first)
+from mtl_core.errors import MTLError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"mtl: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class _QuietExpectedErrors(logging.Filter):
+    """Drop tracebacks of expected errors from Prefect's logs; the message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], MTLError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
+    from mtl_core import tracking
+    from mtl_core.config import load_config
+    from mtl_core.data import load_frame
+
+    from flows.params import PipelineParams
+
+    params = PipelineParams(config=args.config, overrides=args.set or [])
+    cfg = load_config(params.config, params.config_overrides())
+    load_frame(cfg.data)  # a missing or unreadable file fails here, before any run exists
+
+    from flows.pipeline import mtl_pipeline
+
+    quiet = _QuietExpectedErrors()
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
+        logging.getLogger(name).addFilter(quiet)
+    result = mtl_pipeline(params)
+    print()
+    print(f"promotion:      {result['promotion']}")
+    print(f"delta_m (test): {result['delta_m']:+.2f}%" if result["delta_m"] is not None else "")
+    print(f"MLflow run:     {result['run_url']}")
+    print(f"champion model: {result['champion_uri']}")
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:"):
+        print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    else:
+        print(f"MLflow UI: {uri}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score a CSV or Parquet file with a registered (or any) MLflow model URI."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    from mtl_core import tracking
+    from mtl_core.data import read_table
+
+    rows = read_table(args.input)
+    tracking.get_client()
+    try:
+        model = mlflow.pyfunc.load_model(args.model_uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _fail(f"model '{args.model_uri}': cannot load ({first})")
+    preds = model.predict(rows)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(out, index=False)
+    print(f"wrote {len(preds)} predictions ({', '.join(preds.columns)}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl`` argument parser."""
+    parser = argparse.ArgumentParser(prog="mtl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the mtl-pipeline flow")
+    run.add_argument("--config", default="default", help="config name in configs/ or YAML path")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set search.n_trials=5 (repeatable)")
+    run.set_defaults(func=cmd_run)
+    pred = sub.add_parser("predict", help="score rows with a registered model")
+    pred.add_argument("--model-uri", required=True, help="e.g. models:/mtl-default@champion")
+    pred.add_argument("--input", required=True, help="CSV or Parquet file of raw feature rows")
+    pred.add_argument("--output", required=True, help="CSV file to write")
+    pred.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mtl`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MTLError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

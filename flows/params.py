@@ -1,0 +1,62 @@
+"""The pipeline flow's parameters: flat, typed, bounded and described.
+
+Prefect renders this model as a form in its dashboard ("Run" / custom run)
+and validates what a user types against it before the run starts. Every field
+left empty falls back to the config file.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PipelineParams(BaseModel):
+    """What a person or a schedule may choose for one run of ``mtl-pipeline``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: str = Field(
+        "default",
+        min_length=1,
+        max_length=500,
+        description="Config name in configs/ (e.g. 'default', 'penguins') or a path to a YAML file.",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="MLflow experiment and registered model name; empty = the config's.",
+    )
+    n_trials: int | None = Field(
+        None, ge=1, le=1000, description="Finished trials the Optuna study should hold in total."
+    )
+    timeout_minutes: float | None = Field(
+        None, gt=0, le=1440, description="Stop starting new trials after this many minutes."
+    )
+    n_workers: int | None = Field(
+        None, ge=1, le=32, description="Parallel search workers on one stored study."
+    )
+    epochs: int | None = Field(None, ge=1, le=10000, description="Training epochs per model.")
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Seed for the sampler, model init and shuffling."
+    )
+    device: str | None = Field(
+        None, pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.",
+    )
+    overrides: list[str] = Field(
+        default_factory=list, max_length=50,
+        description="Further config overrides as key=value, e.g. loss.penalty_scope=all.",
+    )
+
+    def config_overrides(self) -> list[str]:
+        """The typed fields as ``key=value`` overrides, followed by ``overrides``."""
+        pairs = {
+            "tracking.experiment": self.experiment,
+            "search.n_trials": self.n_trials,
+            "search.timeout_minutes": self.timeout_minutes,
+            "search.n_workers": self.n_workers,
+            "train.epochs": self.epochs,
+            "train.seed": self.seed,
+            "search.seed": self.seed,
+            "train.device": self.device,
+        }
+        return [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(self.overrides)

@@ -1,0 +1,361 @@
+"""The ``mtl-pipeline`` flow: prepare data, tune, train, evaluate, register.
+
+Each task wraps one ``mtl_core`` call; the flow reads like a table of
+contents. MLflow receives one parent run per flow run and one child run per
+trial; the final model is registered and promoted to ``champion`` only when
+it beats the current one on the test objective.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.task_runners import ProcessPoolTaskRunner
+
+from mtl_core import figures, search, tracking
+from mtl_core.baselines import BaselineResult, single_task_baselines
+from mtl_core.config import (
+    DataConfig,
+    ExperimentConfig,
+    flat_params,
+    load_config,
+    resolve_config_path,
+)
+from mtl_core.data import PreparedData, prepare
+from mtl_core.losses import build_loss
+from mtl_core.metrics import delta_m, evaluate
+from mtl_core.model import MultiTaskNet, build_model
+from mtl_core.serving import save_pyfunc
+from mtl_core.train import FitResult, fit
+from flows.params import PipelineParams
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SERVER_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
+
+
+@dataclass
+class ParentRun:
+    """The flow run's MLflow parent run."""
+
+    experiment_id: str
+    run_id: str
+    url: str
+
+
+@dataclass
+class FinalModel:
+    """The model retrained with the best trial's params."""
+
+    net: MultiTaskNet
+    spec: dict[str, Any]
+    fit: FitResult
+    cfg: ExperimentConfig
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(name="load-config", cache_policy=NO_CACHE)
+def load_experiment(params: PipelineParams) -> tuple[ExperimentConfig, str]:
+    """Resolve and validate the config with the run's overrides."""
+    path = resolve_config_path(params.config)
+    return load_config(path, params.config_overrides()), str(path)
+
+
+def _data_cache_key(context, parameters: dict[str, Any]) -> str:
+    """Cache prepared data on the data config and the file's content, not on tensors."""
+    cfg: DataConfig = parameters["data_cfg"]
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    if cfg.source == "file" and cfg.path and Path(cfg.path).is_file():
+        with open(cfg.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return f"prepare-data-{h.hexdigest()[:32]}"
+
+
+@task(
+    name="prepare-data",
+    cache_key_fn=_data_cache_key,
+    cache_expiration=timedelta(days=30),
+    persist_result=True,
+)
+def prepare_data(data_cfg: DataConfig) -> PreparedData:
+    """Load, validate, split and preprocess (cached on data config + file content)."""
+    return prepare(data_cfg)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
+            timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@task(name="start-parent-run", cache_policy=NO_CACHE, **SERVER_RETRIES)
+def start_parent_run(cfg: ExperimentConfig, data: PreparedData, config_file: str) -> ParentRun:
+    """Open the MLflow parent run: tags, flattened config, dataset input."""
+    client = tracking.get_client()
+    exp_id = tracking.ensure_experiment(client, cfg.tracking.experiment)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    tags = {
+        "config.file": config_file,
+        "dataset.fingerprint": data.fingerprint,
+        "dataset.source": data.source,
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+    }
+    if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
+        tags["prefect.flow_run_url"] = flow_run.ui_url
+    if commit := _git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    run_name = f"{cfg.tracking.experiment} | {Path(config_file).stem} | {started}"
+    run_id = tracking.start_run(client, exp_id, run_name, tags)
+    tracking.log_params(client, run_id, flat_params(cfg))
+    train_rows = data.splits["train"].rows
+    tracking.log_dataset(client, run_id, train_rows, name=Path(data.source).name,
+                         source=data.source, digest=data.fingerprint)
+    return ParentRun(exp_id, run_id, _run_url(client.tracking_uri, exp_id, run_id))
+
+
+@task(name="search-worker", cache_policy=NO_CACHE)
+def search_worker(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    storage_url: str,
+    n_trials: int,
+    parent: ParentRun,
+    torch_threads: int | None = None,
+) -> int:
+    """Run this worker's share of trials; each trial is a child run of ``parent``."""
+    client = tracking.get_client()
+    base = {k: v for k, v in flat_params(cfg).items() if not k.startswith("tasks.")}
+
+    def trial_logger(number: int, params: dict[str, Any]) -> tracking.MlflowTrialLogger:
+        return tracking.MlflowTrialLogger(client, parent.experiment_id, parent.run_id, number,
+                                          params, base_params=base)
+
+    total = cfg.search.n_trials
+
+    def progress(study, trial) -> None:
+        done = search.finished_trials(study)
+        try:
+            best = f"{study.best_value:.4f}"
+        except ValueError:
+            best = "none yet"
+        print(f"trial {trial.number} {trial.state.name.lower()}: {done}/{total} done, best {best}")
+
+    timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
+    return search.run_worker(cfg, data, storage_url, n_trials, timeout, cfg.train.device,
+                             trial_logger, progress, torch_threads)
+
+
+@task(name="train-final", cache_policy=NO_CACHE)
+def train_final(cfg: ExperimentConfig, data: PreparedData) -> FinalModel:
+    """Retrain on the train split with the best params, early-stopping on val."""
+    spec = {
+        "in_dim": data.preprocessor.n_inputs, "out_dims": data.out_dims,
+        "hidden": list(cfg.model.hidden), "activation": cfg.model.activation,
+        "dropout": cfg.model.dropout, "norm": cfg.model.norm, "head_hidden": cfg.model.head_hidden,
+    }
+    net = build_model(cfg.model, spec["in_dim"], spec["out_dims"], cfg.train.seed)
+    loss = build_loss(cfg.loss, {t.name: t.type for t in data.tasks})
+    result = fit(net, data, loss, cfg.train)
+    return FinalModel(net.cpu(), spec, result, cfg)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_final(final: FinalModel, data: PreparedData) -> dict[str, float]:
+    """Validation and test metrics of the final model."""
+    return evaluate(final.net, data, ("val", "test"), device=final.cfg.train.device)
+
+
+@task(name="single-task-baselines", cache_policy=NO_CACHE)
+def run_baselines(cfg: ExperimentConfig, data: PreparedData) -> BaselineResult:
+    """One model per task, same trunk, head and budget as the final model."""
+    return single_task_baselines(data, cfg.model, cfg.train, device=cfg.train.device)
+
+
+@task(name="log-results", cache_policy=NO_CACHE, **SERVER_RETRIES)
+def log_results(
+    parent: ParentRun, final: FinalModel, data: PreparedData, metrics: dict[str, float],
+    baselines: BaselineResult | None, storage_url: str, best_number: int,
+) -> dict[str, float]:
+    """Final and baseline metrics, best params and figures on the parent run."""
+    client = tracking.get_client()
+    out = dict(metrics)
+    if baselines is not None:
+        out.update({f"baseline/{k}": v for k, v in baselines.metrics.items()})
+        out["test/delta_m"] = delta_m(metrics, baselines.metrics, data.tasks, "test")
+        out["val/delta_m"] = delta_m(metrics, baselines.metrics, data.tasks, "val")
+    out["final/best_epoch"] = final.fit.best_epoch
+    tracking.log_metrics(client, parent.run_id, out)
+    best = {f"best.{k}": v for k, v in flat_params(final.cfg).items()
+            if k.startswith(("tasks.", "loss.", "train.lr", "model."))}
+    tracking.log_params(client, parent.run_id, {**best, "best.trial": best_number})
+    study = search.open_study(final.cfg, storage_url)
+    figs = {"figures/optimization_history.png": figures.optimization_history(study),
+            "figures/param_importances.png": figures.param_importances(study)}
+    if baselines is not None:
+        figs["figures/test_metrics_vs_baselines.png"] = figures.mtl_vs_baselines(
+            data.tasks, metrics, baselines.metrics)
+    for name, fig in figs.items():
+        if fig is not None:
+            client.log_figure(parent.run_id, fig, name)
+            figures.close(fig)
+    return out
+
+
+@task(name="register-model", cache_policy=NO_CACHE, **SERVER_RETRIES)
+def register_model(
+    parent: ParentRun, final: FinalModel, data: PreparedData, test_objective: float
+) -> tracking.Promotion:
+    """Log the pyfunc model, register a version, and move ``champion`` only if it is better."""
+    client = tracking.get_client()
+    name = final.cfg.tracking.registered_model
+    example = data.splits["test"].rows.head(5)
+    version = tracking.log_model_version(
+        client, parent.run_id,
+        lambda path: save_pyfunc(path, final.net, final.spec, data.preprocessor, example),
+        name, tags={tracking.SCORE_TAG: f"{test_objective:.6f}",
+                    "dataset.fingerprint": data.fingerprint},
+    )
+    decision = tracking.promote(client, name, version, test_objective)
+    tracking.set_tags(client, parent.run_id, {
+        "promotion.decision": decision.alias, "promotion.summary": decision.describe(),
+        "model.uri": f"models:/{name}/{version}",
+    })
+    tracking.log_metrics(client, parent.run_id, {
+        "promotion/new_test_objective": decision.new_score,
+        **({"promotion/champion_test_objective": decision.champion_score}
+           if decision.champion_score is not None else {}),
+    })
+    return decision
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(
+    parent: ParentRun, cfg: ExperimentConfig, metrics: dict[str, float], best_number: int,
+    best_value: float, decision: tracking.Promotion, top: list[dict[str, Any]],
+) -> None:
+    """Prefect artifacts: a markdown summary, the top-trials table, a link to MLflow."""
+    tasks = cfg.task_names
+    rows = []
+    for t in tasks:
+        keys = sorted(k for k in metrics if k.startswith(f"test/{t}/"))
+        for k in keys:
+            base = metrics.get(f"baseline/{k}")
+            rows.append(f"| {t} | {k.split('/')[-1]} | {metrics[k]:.4f} | "
+                        f"{'' if base is None else f'{base:.4f}'} |")
+    dm = metrics.get("test/delta_m")
+    md = "\n".join([
+        f"# {cfg.tracking.experiment}: multi-task pipeline summary",
+        f"- best trial: **#{best_number}**, val objective {best_value:.4f}",
+        f"- test objective: {metrics['test/objective']:.4f}",
+        f"- delta_m vs single-task baselines: "
+        + (f"**{dm:+.2f}%** ({'sharing helped' if dm > 0 else 'sharing did not help'})"
+           if dm is not None else "baselines off"),
+        f"- promotion: {decision.describe()}",
+        f"- MLflow parent run: [{parent.run_id}]({parent.url})",
+        "",
+        "| task | metric | multi-task (test) | single-task (test) |",
+        "|---|---|---|---|",
+        *rows,
+    ])
+    create_markdown_artifact(markdown=md, key="mtl-summary", description="Pipeline summary")
+    create_table_artifact(table=top, key="mtl-top-trials", description="Best trials")
+    create_link_artifact(link=parent.url, link_text="MLflow parent run", key="mlflow-run")
+
+
+@task(name="mark-parent-failed", cache_policy=NO_CACHE, **SERVER_RETRIES)
+def mark_failed(parent: ParentRun, error: BaseException) -> None:
+    """Mark the parent run FAILED (never FINISHED) with the error as a tag."""
+    client = tracking.get_client()
+    tracking.set_tags(client, parent.run_id, {"error": f"{type(error).__name__}: {error}"})
+    tracking.end_run(client, parent.run_id, "FAILED")
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[str, Any]:
+    """Run the search to ``n_trials`` finished trials; returns the storage URL and study."""
+    storage_url = search.resolve_storage(cfg.search)
+    study = search.open_study(cfg, storage_url)  # created once, before any worker starts
+    remaining = max(0, cfg.search.n_trials - search.finished_trials(study))
+    shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
+    logger = get_run_logger()
+    logger.info(f"study '{study.study_name}' at {storage_url}: {remaining} trial(s) to run "
+                f"on {len(shares)} worker(s)")
+    if len(shares) == 1:
+        search_worker(cfg, data, storage_url, shares[0], parent)
+    elif shares:
+        threads = max(1, (os.cpu_count() or 1) // len(shares))
+        futures = [search_worker.submit(cfg, data, storage_url, n, parent, threads)
+                   for n in shares]
+        for fut in futures:
+            fut.result()
+    return storage_url, search.open_study(cfg, storage_url)
+
+
+@flow(name="mtl-pipeline", task_runner=ProcessPoolTaskRunner(), log_prints=True)
+def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008
+    """Tune task weights and L1/L2 by search, train, evaluate against baselines, register."""
+    cfg, config_file = load_experiment(params)
+    data = prepare_data(cfg.data)
+    parent = start_parent_run(cfg, data, config_file)
+    try:
+        storage_url, study = tune(cfg, data, parent)
+        best = search.best_trial(study)
+        best_cfg = search.apply_params(cfg, best.user_attrs["params"])
+        final = train_final(best_cfg, data)
+        metrics = evaluate_final(final, data)
+        baselines = run_baselines(best_cfg, data) if cfg.baselines else None
+        metrics = log_results(parent, final, data, metrics, baselines, storage_url, best.number)
+        decision = register_model(parent, final, data, metrics["test/objective"])
+        publish_artifacts(parent, cfg, metrics, best.number, best.value, decision,
+                          search.top_trials(study))
+    except BaseException as exc:
+        try:
+            mark_failed(parent, exc)
+        except Exception as mark_exc:  # the tracking server may be the thing that failed
+            get_run_logger().error(f"could not mark MLflow run {parent.run_id} failed: {mark_exc}")
+        raise
+    tracking.end_run(tracking.get_client(), parent.run_id, "FINISHED")
+    name = cfg.tracking.registered_model
+    return {
+        "parent_run_id": parent.run_id,
+        "run_url": parent.url,
+        "model_name": name,
+        "model_version": decision.version,
+        "alias": decision.alias,
+        "promotion": decision.describe(),
+        "best_trial": best.number,
+        "test_objective": metrics["test/objective"],
+        "delta_m": metrics.get("test/delta_m"),
+        "champion_uri": f"models:/{name}@champion",
+    }

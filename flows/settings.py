@@ -1,0 +1,30 @@
+"""Embedded defaults: with nothing configured, all state stays in one ignored folder.
+
+``MTL_STATE_DIR`` (default ``./.state``) holds Prefect's home (its ephemeral
+API's SQLite database and cached results), the MLflow SQLite store and
+artifacts, and the Optuna study file. ``PREFECT_API_URL``,
+``MLFLOW_TRACKING_URI`` and ``MTL_OPTUNA_STORAGE`` point each at a real server
+instead. Variables already set are never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_environment() -> Path:
+    """Set the embedded defaults in ``os.environ``; returns the state folder."""
+    state = Path(os.environ.get("MTL_STATE_DIR") or ".state").resolve()
+    os.environ["MTL_STATE_DIR"] = str(state)
+    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    # Prefect creates its home but not the folders above it.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # No network for telemetry here, and a 2-core machine needs time to start the local API.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # Fail over to a clear error within about a minute when a tracking server is down.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    return state

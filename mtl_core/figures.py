@@ -1,0 +1,58 @@
+"""Figures for the parent run: search history, parameter importances, MTL vs baselines.
+
+Each function returns a matplotlib Figure; the caller logs and closes it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from mtl_core.data import TaskSpec  # noqa: E402
+from mtl_core.tasks import HIGHER_IS_BETTER  # noqa: E402
+
+
+def optimization_history(study) -> Figure:
+    """Optuna's optimisation history (objective per trial, best so far)."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    return plot_optimization_history(study).figure
+
+
+def param_importances(study) -> Figure | None:
+    """Optuna's fANOVA parameter importances; None with fewer than two completed trials."""
+    from optuna.trial import TrialState
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return None
+    try:
+        return plot_param_importances(study).figure
+    except (RuntimeError, ValueError):  # e.g. every trial sampled the same point
+        return None
+
+
+def mtl_vs_baselines(
+    tasks: list[TaskSpec], mtl: dict[str, float], stl: dict[str, float], split: str = "test"
+) -> Figure:
+    """Bar chart of each task's metrics: multi-task model against its single-task baseline."""
+    keys = [k for k in mtl if k.startswith(f"{split}/") and k.count("/") == 2 and k in stl]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.2 * max(1, len(keys)), 3.2))
+    axes = axes if hasattr(axes, "__len__") else [axes]
+    for ax, key in zip(axes, keys, strict=False):
+        _, task, metric = key.split("/")
+        ax.bar(["MTL", "single"], [mtl[key], stl[key]], color=["tab:blue", "tab:gray"])
+        arrow = "↑" if HIGHER_IS_BETTER.get(metric, True) else "↓"
+        ax.set_title(f"{task}\n{metric} {arrow}", fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{split} metrics: multi-task vs single-task ({len(tasks)} tasks)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    """Release a figure's memory."""
+    plt.close(fig)

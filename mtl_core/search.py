@@ -1,0 +1,309 @@
+"""Optuna search over task weights, L1/L2 penalties, learning rate and trunk shape.
+
+The only module of the library that imports Optuna. Trials report each
+epoch's validation objective to a median pruner through ``fit``'s callbacks.
+A trial that diverges or raises is recorded as failed with its reason and the
+study goes on. Studies live in persistent storage and are opened with
+load-if-exists, so running the same experiment again resumes it.
+
+Logging is injected: ``run_worker`` takes a factory of :class:`TrialLogger`,
+which the pipeline implements with MLflow, so this module stays server-free.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+import torch
+
+from mtl_core.config import ExperimentConfig, SearchConfig, state_dir
+from mtl_core.data import PreparedData
+from mtl_core.errors import ConfigError, SearchError
+from mtl_core.losses import build_loss
+from mtl_core.metrics import evaluate
+from mtl_core.model import build_model
+from mtl_core.train import EpochLog, fit
+
+FINISHED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+
+
+class TrialLogger(Protocol):
+    """Receives one trial's life: its params, every epoch, and how it ended."""
+
+    def log_epoch(self, log: EpochLog) -> None:
+        """Called after every epoch."""
+
+    def finish(self, state: str, metrics: dict[str, float], reason: str | None) -> None:
+        """Called once with ``COMPLETE``, ``PRUNED`` or ``FAILED``."""
+
+
+TrialLoggerFactory = Callable[[int, dict[str, Any]], TrialLogger]
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def resolve_storage(cfg: SearchConfig, n_workers: int | None = None) -> str:
+    """Storage URL: ``MTL_OPTUNA_STORAGE``, else the config's, else a file in the state folder.
+
+    The default is an SQLite file for one worker and a journal file for several,
+    because SQLite storage is safe for one process only.
+    """
+    n_workers = n_workers or cfg.n_workers
+    url = os.environ.get("MTL_OPTUNA_STORAGE") or cfg.storage
+    if url:
+        if n_workers > 1 and url.startswith("sqlite"):
+            raise ConfigError(
+                f"search.storage '{url}': SQLite is for one process; with n_workers="
+                f"{n_workers} use a journal file (*.log) or a PostgreSQL URL"
+            )
+        return url
+    root = state_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    if n_workers > 1:
+        return str(root / "optuna-journal.log")
+    return f"sqlite:///{root / 'optuna.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open a storage URL: a journal file path (``*.log``) or any SQLAlchemy RDB URL.
+
+    RDB storages get a heartbeat, so a trial left RUNNING by a crashed worker is
+    marked failed by the next worker instead of hanging in the study forever.
+    """
+    if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(
+            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
+        )
+        return optuna.storages.journal.JournalStorage(backend)
+    if "://" not in url:
+        raise ConfigError(f"search.storage '{url}': expected a *.log journal file or an RDB URL")
+    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+
+
+def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (the default) or random sampler."""
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, cfg.n_trials // 2 + 1))
+
+
+def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    """Median pruner on the per-epoch validation objective, or none."""
+    if cfg.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs
+    )
+
+
+def study_name(cfg: ExperimentConfig) -> str:
+    """The study's name: ``search.study_name`` or the experiment name."""
+    return cfg.search.study_name or cfg.tracking.experiment
+
+
+def open_study(cfg: ExperimentConfig, storage_url: str) -> optuna.Study:
+    """Create the study, or load it when it exists (this is what makes re-runs resume)."""
+    return optuna.create_study(
+        storage=open_storage(storage_url),
+        sampler=build_sampler(cfg.search),
+        pruner=build_pruner(cfg.search),
+        study_name=study_name(cfg),
+        direction="minimize",
+        load_if_exists=True,
+    )
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that completed, were pruned or failed."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def split_trials(remaining: int, n_workers: int) -> list[int]:
+    """Split ``remaining`` trials over workers so that the total is exact."""
+    return [remaining // n_workers + (i < remaining % n_workers) for i in range(n_workers)]
+
+
+# --------------------------------------------------------------------------- search space
+
+
+def simplex_weights(u: list[float], n_tasks: int) -> list[float]:
+    """Map T-1 uniforms to T weights uniform on the simplex, scaled to sum to T.
+
+    Stick-breaking with v_i = 1 - (1 - u_i)^(1/(T-i)) gives a uniform
+    (Dirichlet(1)) point; T-1 free values leave no redundant scale, and a mean
+    weight of 1 keeps the learning rate's meaning equal to the unweighted sum.
+    """
+    weights, rest = [], 1.0
+    for i, ui in enumerate(u):
+        v = 1.0 - (1.0 - ui) ** (1.0 / (n_tasks - 1 - i))
+        weights.append(rest * v)
+        rest -= rest * v
+    weights.append(rest)
+    return [w * n_tasks for w in weights]
+
+
+def suggest(trial: optuna.Trial, space: SearchConfig, tasks: list[str]) -> dict[str, Any]:
+    """Sample one point; returns flat keys (``tasks.a.weight``, ``loss.l1``, ``train.lr``, ...).
+
+    Every key is present in every trial (a penalty that is off is 0.0), so
+    logged params line up across trials.
+    """
+    params: dict[str, Any] = {}
+    if space.weights and len(tasks) > 1:
+        u = [trial.suggest_float(f"weight_u{i}", 0.0, 1.0) for i in range(len(tasks) - 1)]
+        for name, w in zip(tasks, simplex_weights(u, len(tasks)), strict=True):
+            params[f"tasks.{name}.weight"] = w
+    for key, rng in (("l1", space.l1), ("l2", space.l2)):
+        if rng is not None:
+            on = trial.suggest_categorical(f"{key}_on", [True, False])
+            params[f"loss.{key}"] = (
+                trial.suggest_float(key, rng.low, rng.high, log=rng.log) if on else 0.0
+            )
+    if space.lr is not None:
+        params["train.lr"] = trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log)
+    if space.width:
+        params["model.width"] = trial.suggest_categorical("width", space.width)
+    if space.dropout is not None:
+        params["model.dropout"] = trial.suggest_float(
+            "dropout", space.dropout.low, space.dropout.high, log=space.dropout.log
+        )
+    return params
+
+
+def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with sampled flat params applied."""
+    data = cfg.model_dump()
+    weights = {k.split(".")[1]: v for k, v in params.items() if k.startswith("tasks.")}
+    if weights:
+        data["loss"]["weights"] = weights
+    for key, value in params.items():
+        if key == "model.width":
+            data["model"]["hidden"] = [int(value)] * max(1, len(cfg.model.hidden))
+        elif not key.startswith("tasks."):
+            section, name = key.split(".")
+            data[section][name] = value
+    return ExperimentConfig.model_validate(data)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def make_objective(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    device: str = "auto",
+    logger_factory: TrialLoggerFactory | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective: train with sampled params, return the best val objective."""
+    tasks = [t.name for t in data.tasks]
+    task_types = {t.name: t.type for t in data.tasks}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, cfg.search, tasks)
+        trial.set_user_attr("params", params)
+        logger = logger_factory(trial.number, params) if logger_factory else None
+
+        def report(log: EpochLog) -> None:
+            if logger is not None:
+                logger.log_epoch(log)
+            trial.report(log.val_objective, log.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {log.epoch}")
+
+        try:
+            trial_cfg = apply_params(cfg, params)
+            model = build_model(trial_cfg.model, data.preprocessor.n_inputs, data.out_dims,
+                                trial_cfg.train.seed)
+            loss = build_loss(trial_cfg.loss, task_types)
+            result = fit(model, data, loss, trial_cfg.train, device=device, callbacks=[report],
+                         epochs=cfg.search.trial_epochs)
+            metrics = evaluate(model, data, ("val",), device)  # never the test split here
+        except optuna.TrialPruned as exc:
+            if logger is not None:
+                logger.finish("PRUNED", {}, str(exc))
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            if logger is not None:
+                logger.finish("FAILED", {}, reason)
+            raise
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        if logger is not None:
+            logger.finish("COMPLETE", metrics, None)
+        return result.best_val_objective
+
+    return objective
+
+
+def run_worker(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    storage_url: str,
+    n_trials: int,
+    timeout_s: float | None = None,
+    device: str = "auto",
+    logger_factory: TrialLoggerFactory | None = None,
+    progress: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    torch_threads: int | None = None,
+) -> int:
+    """Run up to ``n_trials`` trials of the stored study in this process.
+
+    Failed trials (any exception) are recorded with their reason and do not
+    stop the worker. Several workers may run this against one journal or RDB
+    storage at once.
+
+    Returns:
+        The number of trials this worker ran.
+    """
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    if n_trials <= 0:
+        return 0
+    study = open_study(cfg, storage_url)
+    before = len(study.get_trials(deepcopy=False))
+    study.optimize(
+        make_objective(cfg, data, device, logger_factory),
+        n_trials=n_trials,
+        timeout=timeout_s,
+        catch=(Exception,),
+        callbacks=[progress] if progress else None,
+    )
+    return len(study.get_trials(deepcopy=False)) - before
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best completed trial; a study with none raises a SearchError with the reasons."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        reasons = sorted({t.user_attrs.get("fail_reason", "unknown") for t in failed})
+        raise SearchError(
+            f"study '{study.study_name}': no trial completed ({len(failed)} failed"
+            + (f"; reasons: {'; '.join(reasons)[:300]}" if reasons else "")
+            + ")"
+        )
+    return min(done, key=lambda t: t.value if t.value is not None else math.inf)
+
+
+def top_trials(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` best completed trials as plain rows (number, value, params)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    rows = []
+    for t in sorted(done, key=lambda t: t.value)[:k]:
+        rows.append({"trial": t.number, "val_objective": t.value, **t.user_attrs.get("params", {})})
+    return rows
