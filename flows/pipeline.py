@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
+import optuna
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
@@ -46,6 +47,8 @@ from mtl_core.train import FitResult, fit
 from flows.params import PipelineParams
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# The pipeline prints its own progress line per trial; Optuna's INFO lines would repeat it.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 SERVER_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
@@ -241,7 +244,7 @@ def register_model(
     version = tracking.log_model_version(
         client, parent.run_id,
         lambda path: save_pyfunc(path, final.net, final.spec, data.preprocessor, example),
-        name, tags={tracking.SCORE_TAG: f"{test_objective:.6f}",
+        name, tags={tracking.SCORE_TAG: repr(test_objective),
                     "dataset.fingerprint": data.fingerprint},
     )
     decision = tracking.promote(client, name, version, test_objective)

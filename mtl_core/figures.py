@@ -5,6 +5,8 @@ Each function returns a matplotlib Figure; the caller logs and closes it.
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,7 +21,9 @@ def optimization_history(study) -> Figure:
     """Optuna's optimisation history (objective per trial, best so far)."""
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    return plot_optimization_history(study).figure
+    with warnings.catch_warnings():  # Optuna flags its matplotlib plots as experimental
+        warnings.simplefilter("ignore")
+        return plot_optimization_history(study).figure
 
 
 def param_importances(study) -> Figure | None:
@@ -30,7 +34,9 @@ def param_importances(study) -> Figure | None:
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return None
     try:
-        return plot_param_importances(study).figure
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return plot_param_importances(study).figure
     except (RuntimeError, ValueError):  # e.g. every trial sampled the same point
         return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,7 +91,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.journal.JournalStorage(backend)
     if "://" not in url:
         raise ConfigError(f"search.storage '{url}': expected a *.log journal file or an RDB URL")
-    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    with warnings.catch_warnings():  # the heartbeat is flagged experimental; we rely on it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
 
 
 def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -64,10 +65,14 @@ def save_pyfunc(
         with open(tmp / "preprocessor.pkl", "wb") as f:
             pickle.dump(pre, f)
         example = input_example.reset_index(drop=True)
+        # Integer columns become float so the signature accepts rows with missing values.
+        ints = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c])]
+        example = example.astype(dict.fromkeys(ints, "float64"))
         preds = pre.predictions(predict_outputs(net, pre.transform(example), device="cpu"))
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
         mlflow.pyfunc.save_model(
             path=str(path),
-            python_model=MultiTaskPyfunc(),
+            python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),  # MLflow's models-from-code
             artifacts={n: str(tmp / f) for n, f in (
                 ("weights", "weights.pt"), ("spec", "spec.json"),
                 ("preprocessor", "preprocessor.pkl"))},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,9 @@ def log_dataset(
     context: str = "training",
 ) -> None:
     """Record the dataset as a run input (``log_inputs``), identified by its fingerprint."""
-    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+    with warnings.catch_warnings():  # a plain path is ambiguous to MLflow's source registry
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
     tag = InputTag(key="mlflow.data.context", value=context)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), [tag])])
 

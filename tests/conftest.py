@@ -1,0 +1,37 @@
+"""Test session set-up: an isolated state folder and no stray servers.
+
+The state folder (Prefect home, MLflow store, Optuna studies) is a fresh
+temporary directory for the whole session, set before ``flows`` is imported,
+and any server a developer exported in their shell is ignored: tests that
+need a server start their own.
+"""
+
+import os
+import tempfile
+
+for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE"):
+    os.environ.pop(var, None)
+os.environ["MTL_STATE_DIR"] = tempfile.mkdtemp(prefix="mtl-test-state-")
+
+import flows  # noqa: E402,F401  (applies the embedded defaults for this session)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect API for the whole session (starting one takes ~20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store and Optuna/state folder for one test."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("MTL_STATE_DIR", str(state))
+    uri = f"sqlite:///{state / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
