@@ -26,6 +26,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
@@ -305,6 +306,10 @@ def mark_failed(parent: ParentRun, error: BaseException) -> None:
 # --------------------------------------------------------------------------- the flow
 
 
+def _use_api(api_url: str) -> None:
+    os.environ["PREFECT_API_URL"] = api_url
+
+
 def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[str, Any]:
     """Run the search to ``n_trials`` finished trials; returns the storage URL and study."""
     storage_url = search.resolve_storage(cfg.search)
@@ -318,14 +323,26 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[
         search_worker(cfg, data, storage_url, shares[0], parent)
     elif shares:
         threads = max(1, (os.cpu_count() or 1) // len(shares))
-        futures = [search_worker.submit(cfg, data, storage_url, n, parent, threads)
-                   for n in shares]
-        for fut in futures:
-            fut.result()
+        # Worker processes must report to this flow's API, also the ephemeral one,
+        # rather than each starting a temporary server of their own.
+        api_url = str(get_run_context().client.api_url)
+        runner = ProcessPoolTaskRunner(
+            max_workers=len(shares), initializer=_use_api, initargs=(api_url,)
+        )
+        with runner:
+            futures = [
+                runner.submit(search_worker, parameters={
+                    "cfg": cfg, "data": data, "storage_url": storage_url, "n_trials": n,
+                    "parent": parent, "torch_threads": threads,
+                })
+                for n in shares
+            ]
+            for fut in futures:
+                fut.result()
     return storage_url, search.open_study(cfg, storage_url)
 
 
-@flow(name="mtl-pipeline", task_runner=ProcessPoolTaskRunner(), log_prints=True)
+@flow(name="mtl-pipeline", log_prints=True)
 def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008
     """Tune task weights and L1/L2 by search, train, evaluate against baselines, register."""
     cfg, config_file = load_experiment(params)
