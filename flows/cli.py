@@ -71,6 +71,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mtl_core.data import read_table
 
     rows = read_table(args.input)
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return _fail(f"model '{args.model_uri}': no MLflow store at {uri}; run 'mtl run' first "
+                     "or set MLFLOW_TRACKING_URI")
     tracking.get_client()
     try:
         model = mlflow.pyfunc.load_model(args.model_uri)
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mtl`` console script."""
     args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the console to our lines
     try:
         return args.func(args)
     except MTLError as exc:

@@ -7,13 +7,21 @@ left empty falls back to the config file.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def _number_fields(schema: dict[str, Any]) -> None:
+    """Give each property its ``position``: Prefect's form orders nested fields by it."""
+    for position, prop in enumerate(schema.get("properties", {}).values()):
+        prop["position"] = position
 
 
 class PipelineParams(BaseModel):
     """What a person or a schedule may choose for one run of ``mtl-pipeline``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_number_fields)
 
     config: str = Field(
         "default",

@@ -233,6 +233,13 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{name_or_path}: config file not found (bundled configs: {known})")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # One line, as errors.py promises: PyYAML's own message spans several.
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}" if mark is not None else problem
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
@@ -240,7 +247,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from None
+        problem = _yaml_problem(exc)
+        raise ConfigError(f"override '{item}': value is not valid YAML ({problem})") from None
     return key.strip().split("."), value
 
 
@@ -275,7 +283,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: invalid YAML ({_yaml_problem(exc)})") from None
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -354,7 +354,10 @@ def prepare_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Prepared
 
     kept = frame.loc[frame[targets].notna().any(axis=1), features + targets]
     if kept.empty:
-        raise DataError(f"{source}: no rows left after dropping rows with no label for any task")
+        raise DataError(
+            f"{source}: no rows left after dropping rows with no label in any of the target "
+            f"column(s) {targets}"
+        )
     if len(kept) < 10:
         raise DataError(f"{source}: only {len(kept)} usable rows; need at least 10 to split")
     empty = [c for c in features if kept[c].isna().all()]

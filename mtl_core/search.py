@@ -234,6 +234,10 @@ def make_objective(
             result = fit(model, data, loss, trial_cfg.train, device=device, callbacks=[report],
                          epochs=cfg.search.trial_epochs)
             metrics = evaluate(model, data, ("val",), device)  # never the test split here
+            # The epoch history already holds val/objective; the summary gets its own keys.
+            metrics.pop("val/objective")
+            metrics.update({"val/best_objective": result.best_val_objective,
+                            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
         except optuna.TrialPruned as exc:
             if logger is not None:
                 logger.finish("PRUNED", {}, str(exc))

@@ -192,7 +192,7 @@ def log_model_version(
             raise
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     version = client.create_model_version(registered_name, source, run_id=run_id, tags=tags)
-    return version.version
+    return str(version.version)
 
 
 @dataclass
@@ -241,4 +241,4 @@ def promote(client: MlflowClient, name: str, version: str, score: float) -> Prom
     else:
         client.set_registered_model_alias(name, "challenger", version)
         alias = "challenger"
-    return Promotion(version, alias, score, current.version if current else None, champ_score)
+    return Promotion(version, alias, score, str(current.version) if current else None, champ_score)

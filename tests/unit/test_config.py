@@ -1,0 +1,268 @@
+"""Config: every bundled YAML validates; bad keys, values and overrides are named errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtl_core.config import (
+    CONFIG_DIR,
+    ExperimentConfig,
+    apply_overrides,
+    flat_params,
+    load_config,
+    state_dir,
+    validate_config,
+)
+from mtl_core.errors import ConfigError
+
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+
+BASE = """\
+data:
+  source: synthetic
+  synthetic: {n_rows: 100, dim: 4}
+  tasks:
+    - {name: a, column: y0, type: regression}
+    - {name: b, column: y1, type: regression}
+train: {epochs: 5}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def config_error(path: Path, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+# --------------------------------------------------------------------------- bundled configs
+
+
+def test_configs_folder_is_not_empty():
+    # Guards the parametrization below against silently testing nothing.
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_bundled_config_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.task_names
+    assert set(cfg.task_weights()) == set(cfg.task_names)
+    # The bare name resolves to the same file.
+    assert load_config(path.stem) == cfg
+    params = flat_params(cfg)
+    for name in cfg.task_names:
+        assert f"tasks.{name}.weight" in params
+
+
+def test_unknown_config_name_lists_bundled_ones():
+    with pytest.raises(ConfigError, match="no-such-config") as info:
+        load_config("no-such-config")
+    assert "default" in str(info.value)
+
+
+# --------------------------------------------------------------------------- bad keys and values
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("model: {hiden: [3]}\n", "model.hiden"),
+        ("colour: blue\n", "colour"),
+        ("search: {lr: {low: 0.1, high: 1.0, step: 2}}\n", "search.lr.step"),
+    ],
+)
+def test_unknown_key_names_file_and_key(tmp_path, extra, key):
+    path = write(tmp_path, BASE + extra)
+    msg = config_error(path)
+    assert str(path) in msg
+    assert f"'{key}'" in msg
+    assert "unknown key" in msg
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "expected"),
+    [
+        ("model: {activation: swish}\n", "model.activation", "'relu', 'gelu', 'tanh' or 'silu'"),
+        ("model: {hidden: [8, 0]}\n", "model", "hidden sizes must be positive"),
+        ("loss: {l1: -0.1}\n", "loss.l1", "greater than or equal to 0"),
+        ("search: {lr: {low: 1.0, high: 0.1}}\n", "search.lr", "must be below high"),
+        ("search: {l1: {low: 0.0, high: 0.1}}\n", "search.l1", "log range needs low > 0"),
+    ],
+)
+def test_wrong_value_names_file_key_and_expectation(tmp_path, extra, key, expected):
+    msg = config_error(write(tmp_path, BASE + extra))
+    assert str(tmp_path / "exp.yaml") in msg
+    assert f"'{key}'" in msg
+    assert expected in msg
+
+
+def test_wrong_type_shows_the_offending_value(tmp_path):
+    msg = config_error(write(tmp_path, BASE), ["train.epochs=many"])
+    assert "'train.epochs'" in msg
+    assert "valid integer" in msg
+    assert "'many'" in msg
+
+
+def test_missing_file_invalid_yaml_and_non_mapping_are_config_errors(tmp_path):
+    missing = tmp_path / "absent.yaml"
+    assert "absent.yaml" in config_error(missing)
+    bad = write(tmp_path, "data: [\n", "bad.yaml")
+    assert str(bad) in config_error(bad) and "invalid YAML" in config_error(bad)
+    listy = write(tmp_path, "- 1\n- 2\n", "list.yaml")
+    assert "mapping" in config_error(listy)
+    with pytest.raises(ConfigError, match="<mem>"):
+        validate_config([1, 2], source="<mem>")
+
+
+def test_required_sections_are_named(tmp_path):
+    msg = config_error(write(tmp_path, "data: {source: synthetic}\n"))
+    assert "'data.tasks'" in msg and "required" in msg
+
+
+def test_file_source_needs_a_path(tmp_path):
+    text = "data:\n  source: file\n  tasks: [{name: a, column: y, type: binary}]\n"
+    assert "needs 'path'" in config_error(write(tmp_path, text))
+
+
+def test_binarize_must_name_a_generated_target(tmp_path):
+    msg = config_error(write(tmp_path, BASE), ["data.synthetic.binarize=[y7]"])
+    assert "binarize" in msg and "y7" in msg
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_overrides_are_applied_and_typed(tmp_path):
+    path = write(tmp_path, BASE)
+    cfg = load_config(
+        path,
+        [
+            "train.epochs=3",
+            "model.hidden=[8, 4]",
+            "loss.l1=1e-3",  # YAML 1.1 reads this as a string; pydantic still makes it 0.001
+            "data.synthetic.correlation=0.5",
+            "tracking.experiment=other",
+            "loss.penalty_scope=all",
+        ],
+    )
+    assert cfg.train.epochs == 3
+    assert cfg.model.hidden == [8, 4]
+    assert cfg.loss.l1 == pytest.approx(1e-3)
+    assert cfg.data.synthetic.correlation == 0.5
+    assert cfg.tracking.experiment == "other"
+    assert cfg.loss.penalty_scope == "all"
+    # The file itself is untouched.
+    assert load_config(path).train.epochs == 5
+
+
+def test_apply_overrides_does_not_mutate_its_input():
+    raw = {"train": {"epochs": 5}}
+    out = apply_overrides(raw, ["train.epochs=7", "model.dropout=0.1"])
+    assert raw == {"train": {"epochs": 5}}
+    assert out == {"train": {"epochs": 7}, "model": {"dropout": 0.1}}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs", "expected key=value"),
+        ("=3", "expected key=value"),
+        ("train.epochs=[", "not valid YAML"),
+        ("train.epochs.x=1", "'epochs' is not a section"),
+        ("train.nope=1", "'train.nope': unknown key"),
+        ("train.epochs=-1", "'train.epochs'"),
+        ("data.synthetic.correlation=2", "'data.synthetic.correlation'"),
+    ],
+)
+def test_bad_override_is_a_config_error(tmp_path, override, expected):
+    msg = config_error(write(tmp_path, BASE), [override])
+    assert expected in msg
+
+
+def test_override_errors_are_one_line(tmp_path):
+    # errors.py promises one-line messages; the CLI prints exactly that line.
+    msg = config_error(write(tmp_path, BASE), ["train.epochs=["])
+    assert "\n" not in msg
+
+
+# --------------------------------------------------------------------------- tasks and weights
+
+
+def test_duplicate_task_names_are_rejected(tmp_path):
+    text = BASE.replace("{name: b, column: y1", "{name: a, column: y1")
+    msg = config_error(write(tmp_path, text))
+    assert "duplicate task names ['a']" in msg
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ("{a: 1.0, b: -0.5}", "must be >= 0"),
+        ("{a: 1.0}", "must match the tasks"),
+        ("{a: 1.0, b: 1.0, c: 1.0}", "must match the tasks"),
+        ("{a: 1.0, c: 1.0}", "must match the tasks"),
+        ("{a: 0.0, b: 0.0}", "must not all be zero"),
+    ],
+)
+def test_bad_loss_weights_are_rejected(tmp_path, weights, expected):
+    msg = config_error(write(tmp_path, BASE + f"loss: {{weights: {weights}}}\n"))
+    assert "loss.weights" in msg
+    assert expected in msg
+
+
+def test_task_weights_default_to_one(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.task_weights() == {"a": 1.0, "b": 1.0}
+    cfg = load_config(write(tmp_path, BASE), ["loss.weights={a: 2, b: 0.5}"])
+    assert cfg.task_weights() == {"a": 2.0, "b": 0.5}
+
+
+# --------------------------------------------------------------------------- flat params
+
+
+def test_flat_params_keys_are_stable(tmp_path):
+    path = write(tmp_path, BASE)
+    plain = flat_params(load_config(path))
+    weighted = flat_params(
+        load_config(path, ["loss.weights={a: 2, b: 0.5}", "loss.l1=0.01", "train.lr=0.1"])
+    )
+    # Same keys whatever the values: MLflow's compare view lines runs up by key.
+    assert plain.keys() == weighted.keys()
+    for key in (
+        "tasks.a.weight",
+        "tasks.a.type",
+        "tasks.a.column",
+        "tasks.b.weight",
+        "loss.l1",
+        "loss.l2",
+        "loss.penalty_scope",
+        "train.lr",
+        "train.epochs",
+        "model.hidden",
+        "data.synthetic.correlation",
+        "search.lr.low",
+        "tracking.experiment",
+    ):
+        assert key in plain
+    assert not any(k.startswith(("data.tasks", "loss.weights")) for k in plain)
+    assert all(isinstance(v, str) for v in plain.values())
+    assert plain["tasks.a.weight"] == "1.0"
+    assert weighted["tasks.a.weight"] == "2.0" and weighted["tasks.b.weight"] == "0.5"
+    assert plain["tasks.b.column"] == "y1" and plain["tasks.b.type"] == "regression"
+    assert weighted["loss.l1"] == "0.01" and weighted["train.lr"] == "0.1"
+    assert json.loads(plain["model.hidden"]) == [64, 64]
+
+
+def test_state_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_STATE_DIR", str(tmp_path / "st"))
+    assert state_dir() == (tmp_path / "st").resolve()

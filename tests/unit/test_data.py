@@ -1,0 +1,318 @@
+"""Data: bad inputs fail early with named DataErrors; sources, splits and preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtl_core.config import DataConfig, SyntheticConfig, load_config
+from mtl_core.data import (
+    TaskSpec,
+    fingerprint,
+    load_penguins,
+    make_synthetic,
+    prepare,
+    prepare_frame,
+)
+from mtl_core.errors import DataError
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """An empty state folder; a failing ``prepare`` must leave it empty."""
+    path = tmp_path / "state"
+    path.mkdir()
+    monkeypatch.setenv("MTL_STATE_DIR", str(path))
+    return path
+
+
+def _write_csv(path, frame):
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _missing_column(d, f):
+    return _write_csv(d / "data.csv", f.drop(columns="ym")), "'ym'"
+
+
+def _single_class(d, f):
+    return _write_csv(d / "data.csv", f.assign(yb=1)), "'yb'"
+
+
+def _non_numeric_regression(d, f):
+    yr = f["yr"].astype(object)
+    yr.iloc[7] = "n/a (broken sensor)"
+    return _write_csv(d / "data.csv", f.assign(yr=yr)), "'yr'"
+
+
+def _no_labels_left(d, f):
+    return _write_csv(d / "data.csv", f.assign(yb=np.nan, ym=np.nan, yr=np.nan)), "'yb'"
+
+
+def _all_missing_feature(d, f):
+    return _write_csv(d / "data.csv", f.assign(x2=np.nan)), "'x2'"
+
+
+def _binary_with_three_classes(d, f):
+    return _write_csv(d / "data.csv", f.assign(yb=np.arange(len(f)) % 3)), "'yb'"
+
+
+def _missing_feature(d, f):
+    return _write_csv(d / "data.csv", f), "'nope'"
+
+
+@pytest.mark.parametrize(
+    ("build", "column", "expected"),
+    [
+        (_missing_column, "ym", "not found"),
+        (_single_class, "yb", "1 class(es)"),
+        (_non_numeric_regression, "yr", "must be numeric"),
+        (_no_labels_left, None, "no rows left"),
+        (_all_missing_feature, "x2", "entirely missing"),
+        (_binary_with_three_classes, "yb", "use type 'multiclass'"),
+        (_missing_feature, "nope", "not found"),
+    ],
+    ids=lambda v: getattr(v, "__name__", None) or str(v),
+)
+def test_bad_data_is_a_data_error_naming_file_and_column(
+    tmp_path, state, make_frame, file_config, build, column, expected
+):
+    path, quoted = build(tmp_path, make_frame(60))
+    features = ["x1", "x2", "cat", "nope"] if column == "nope" else None
+    with pytest.raises(DataError) as info:
+        prepare(file_config(path, features=features))
+    msg = str(info.value)
+    assert str(path) in msg
+    assert quoted in msg
+    assert expected in msg
+    assert "\n" not in msg
+    assert list(state.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == sorted(["state", path.name])
+
+
+def test_no_labels_left_names_every_target(tmp_path, state, make_frame, file_config):
+    path, _ = _no_labels_left(tmp_path, make_frame(30))
+    with pytest.raises(DataError) as info:
+        prepare(file_config(path))
+    for col in ("yb", "ym", "yr"):
+        assert f"'{col}'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("absent.csv", None, "not found"),
+        ("garbage.csv", bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
+         "cannot read data"),
+        ("fake.parquet", b"a,b\n1,2\n", "cannot read data"),
+        ("empty.csv", b"", "cannot read data"),
+        ("data.json", b"{}", "expected a .csv or .parquet"),
+    ],
+)
+def test_unreadable_file_is_a_data_error(tmp_path, state, file_config, name, content, expected):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        prepare(file_config(path))
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+    assert list(state.iterdir()) == []
+
+
+def test_feature_that_is_also_a_target_is_rejected(tmp_path, make_frame, file_config):
+    path = _write_csv(tmp_path / "d.csv", make_frame(40))
+    with pytest.raises(DataError, match=r"\['yr'\] are both a feature and a target"):
+        prepare(file_config(path, features=["x1", "yr"]))
+
+
+# --------------------------------------------------------------------------- file sources
+
+
+def test_csv_and_parquet_load_the_same(tmp_path, make_frame, file_config):
+    df = make_frame(120)
+    csv = _write_csv(tmp_path / "d.csv", df)
+    parquet = tmp_path / "d.parquet"
+    df.to_parquet(parquet)
+    a, b = prepare(file_config(csv)), prepare(file_config(parquet))
+    assert a.n_rows == b.n_rows == 120
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(a.splits[split].X, b.splits[split].X, rtol=1e-6)
+    assert a.out_dims == b.out_dims == {"bin": 1, "multi": 3, "reg": 1}
+    assert a.source == str(csv)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def _synthetic(**kw) -> pd.DataFrame:
+    return make_synthetic(SyntheticConfig(**{"n_rows": 2000, "dim": 16, "seed": 0, **kw}))
+
+
+def test_synthetic_is_seeded():
+    a, b = _synthetic(seed=3), _synthetic(seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(_synthetic(seed=4))
+    assert list(a.columns) == [f"x{j}" for j in range(16)] + ["y0", "y1"]
+
+
+def test_synthetic_label_correlation_follows_p():
+    # Without sine terms and with little noise, corr(y0, y1) is cos(w1, w2) = p.
+    corr = {}
+    for p in (0.0, 0.5, 0.9, 1.0):
+        f = _synthetic(correlation=p, n_sin=0, noise_std=0.01)
+        corr[p] = np.corrcoef(f["y0"], f["y1"])[0, 1]
+        assert corr[p] == pytest.approx(p, abs=0.06)
+    assert corr[1.0] > corr[0.9] > corr[0.5] > corr[0.0]
+
+
+def test_synthetic_binarize_gives_balanced_zero_one():
+    f = _synthetic(binarize=["y1"], n_rows=2001)
+    assert set(f["y1"].unique()) == {0, 1}
+    assert f["y1"].mean() == pytest.approx(0.5, abs=0.01)
+    assert f["y0"].nunique() > 100  # the other target stays continuous
+
+
+def test_synthetic_rejects_more_tasks_than_dimensions():
+    with pytest.raises(DataError, match="n_tasks"):
+        _synthetic(n_tasks=5, dim=4)
+
+
+# --------------------------------------------------------------------------- penguins
+
+
+def test_penguins_keep_rows_with_a_missing_sex_label():
+    cfg = load_config("penguins").data
+    raw = load_penguins()
+    assert len(raw) == 344
+    data = prepare(cfg)
+    assert data.n_rows == 344
+    assert sum(len(s.X) for s in data.splits.values()) == 344
+    missing_sex = sum(int(np.isnan(s.y["sex"]).sum()) for s in data.splits.values())
+    assert missing_sex == raw["sex"].isna().sum() == 11
+    for split in data.splits.values():
+        assert not np.isnan(split.y["species"]).any()  # those rows still train species
+        assert not np.isnan(split.X).any()  # features are imputed
+    assert data.out_dims == {"species": 3, "body_mass": 1, "sex": 1}
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _prepare(frame, **kw):
+    tasks = [
+        {"name": "bin", "column": "yb", "type": "binary"},
+        {"name": "reg", "column": "yr", "type": "regression"},
+    ]
+    cfg = DataConfig(source="synthetic", tasks=tasks, features=["rid", "x1", "x2", "cat"], **kw)
+    return prepare_frame(frame, cfg, "mem")
+
+
+def _ids(split):
+    return set(split.rows["rid"].astype(int))
+
+
+def test_splits_are_disjoint_seeded_and_sized(make_frame):
+    data = _prepare(make_frame(400))
+    ids = {k: _ids(s) for k, s in data.splits.items()}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
+    assert not ids["val"] & ids["test"]
+    assert ids["train"] | ids["val"] | ids["test"] == set(range(400))
+    assert len(ids["val"]) == len(ids["test"]) == 60
+    assert {k: _ids(s) for k, s in _prepare(make_frame(400)).splits.items()} == ids
+    assert _ids(_prepare(make_frame(400), split_seed=1).splits["test"]) != ids["test"]
+
+
+def test_splits_are_stratified_on_the_classification_task(make_frame):
+    df = make_frame(1000)
+    overall = df["yb"].mean()  # about 0.3
+    data = _prepare(df)
+    for split in data.splits.values():
+        assert np.nanmean(split.y["bin"]) == pytest.approx(overall, abs=0.01)
+
+
+def test_preprocessing_is_fitted_on_train_only(make_frame):
+    df = make_frame(300)
+    data = _prepare(df, split_seed=2)
+    train_ids = sorted(_ids(data.splits["train"]))
+    train = df.set_index("rid").loc[train_ids]
+    scaler = data.preprocessor.transformer.named_transformers_["num"][-1]
+    numeric = data.preprocessor.numeric
+    assert numeric == ["rid", "x1", "x2"]
+    np.testing.assert_allclose(scaler.mean_, [np.mean(train_ids), *train[["x1", "x2"]].mean()])
+    # ...and visibly not the all-rows mean.
+    assert abs(scaler.mean_[2] - df["x2"].mean()) > 1e-3
+    reg = next(t for t in data.tasks if t.name == "reg")
+    assert reg.mean == pytest.approx(train["yr"].mean())
+    assert reg.std == pytest.approx(train["yr"].std())
+    # Standardised on train: mean 0 there, not on the held-out splits.
+    assert np.abs(data.splits["train"].X[:, :3].mean(axis=0)).max() < 1e-5
+    assert np.nanmean(data.splits["train"].y["reg"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_missing_feature_values_are_imputed_with_the_train_median(make_frame):
+    df = make_frame(200)
+    df.loc[df.index[::10], "x2"] = np.nan
+    data = _prepare(df)
+    imputer = data.preprocessor.transformer.named_transformers_["num"][0]
+    train = df.set_index("rid").loc[sorted(_ids(data.splits["train"]))]
+    assert imputer.statistics_[2] == pytest.approx(train["x2"].median())
+    assert all(not np.isnan(s.X).any() for s in data.splits.values())
+
+
+def test_categorical_features_are_one_hot_encoded(make_frame):
+    data = _prepare(make_frame(200))
+    assert data.preprocessor.categorical == ["cat"]
+    assert data.preprocessor.n_inputs == 3 + 3  # rid, x1, x2 + one column per colour
+    onehot = data.splits["train"].X[:, 3:]
+    np.testing.assert_array_equal(onehot.sum(axis=1), 1.0)
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_changes_with_one_value_only(make_frame):
+    df = make_frame(100)
+    base = fingerprint(df)
+    assert fingerprint(df.copy()) == base
+    assert fingerprint(make_frame(100)) == base
+    changed = df.copy()
+    changed.loc[42, "x1"] += 1e-9
+    assert fingerprint(changed) != base
+    assert fingerprint(df.rename(columns={"x1": "x_one"})) != base
+    assert len(base) == 16
+
+
+def test_prepared_data_carries_the_fingerprint(tmp_path, make_frame, file_config):
+    df = make_frame(80)
+    path = _write_csv(tmp_path / "d.csv", df)
+    assert prepare(file_config(path)).fingerprint == fingerprint(pd.read_csv(path))
+
+
+# --------------------------------------------------------------------------- task specs
+
+
+def test_task_spec_encodes_and_decodes():
+    spec = TaskSpec("kind", "col", "multiclass", classes=["a", "b", "c"])
+    y = spec.encode(pd.Series(["b", None, "c", "zzz"]))
+    np.testing.assert_array_equal(y[[0, 2]], [1.0, 2.0])
+    assert np.isnan(y[1]) and np.isnan(y[3])  # missing and unseen labels are masked
+    out = spec.decode(np.array([[0.0, 3.0, 0.0], [5.0, 0.0, 0.0]]))
+    assert list(out["kind"]) == ["b", "a"]
+    np.testing.assert_allclose(
+        out["kind_proba_a"] + out["kind_proba_b"] + out["kind_proba_c"], 1.0
+    )
+
+    reg = TaskSpec("mass", "g", "regression", mean=4000.0, std=800.0)
+    enc = reg.encode(pd.Series([4800.0, np.nan]))
+    assert enc[0] == pytest.approx(1.0) and np.isnan(enc[1])
+    assert reg.decode(np.array([[1.0], [-0.5]]))["mass"].tolist() == [4800.0, 3600.0]
+
+    binary = TaskSpec("sex", "sex", "binary", classes=["female", "male"])
+    dec = binary.decode(np.array([[-2.0], [2.0]]))
+    assert list(dec["sex"]) == ["female", "male"]
+    assert dec["sex_proba"][1] == pytest.approx(1 / (1 + np.exp(-2.0)))
