@@ -52,7 +52,7 @@ def synthetic_data(n_train: int, n_val: int, dim: int = 100, n_tasks: int = 2) -
     """
     frame = make_synthetic(SyntheticConfig(n_rows=n_train + n_val, dim=dim, n_tasks=n_tasks,
                                            correlation=0.9, scale=0.3, n_sin=5, seed=0))
-    X = frame[[f"x{j}" for j in range(dim)]].to_numpy(np.float32)
+    X = np.array(frame[[f"x{j}" for j in range(dim)]], dtype=np.float32)  # writable copy
     ys = {}
     for i in range(n_tasks):
         y = frame[f"y{i}"].to_numpy(np.float64)

@@ -54,6 +54,11 @@ class PipelineParams(BaseModel):
         default_factory=list, max_length=50,
         description="Further config overrides as key=value, e.g. loss.penalty_scope=all.",
     )
+    new_study: bool = Field(
+        False,
+        description="Search in a new Optuna study named after the experiment and the run's "
+        "start time, instead of resuming the experiment's study (scheduled runs do this).",
+    )
 
     def config_overrides(self) -> list[str]:
         """The typed fields as ``key=value`` overrides, followed by ``overrides``."""

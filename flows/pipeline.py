@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -48,8 +49,9 @@ from mtl_core.train import FitResult, fit
 from flows.params import PipelineParams
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# The pipeline prints its own progress line per trial; Optuna's INFO lines would repeat it.
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# The pipeline prints its own progress line per trial, with the reason of a failed one;
+# Optuna's lines would repeat it.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 SERVER_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10]}
 
 
@@ -79,7 +81,11 @@ class FinalModel:
 def load_experiment(params: PipelineParams) -> tuple[ExperimentConfig, str]:
     """Resolve and validate the config with the run's overrides."""
     path = resolve_config_path(params.config)
-    return load_config(path, params.config_overrides()), str(path)
+    cfg = load_config(path, params.config_overrides())
+    if params.new_study:  # a study per run: a schedule's next run must not find it full
+        study = f"{search.study_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        cfg = load_config(path, [*params.config_overrides(), f"search.study_name={study}"])
+    return cfg, str(path)
 
 
 def _data_cache_key(context, parameters: dict[str, Any]) -> str:
@@ -171,7 +177,9 @@ def search_worker(
             best = f"{study.best_value:.4f}"
         except ValueError:
             best = "none yet"
-        print(f"trial {trial.number} {trial.state.name.lower()}: {done}/{total} done, best {best}")
+        reason = trial.user_attrs.get("fail_reason")
+        print(f"trial {trial.number} {trial.state.name.lower()}: {done}/{total} done, best {best}"
+              + (f" ({reason})" if reason else ""))
 
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
     return search.run_worker(cfg, data, storage_url, n_trials, timeout, cfg.train.device,
@@ -317,7 +325,8 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[
     remaining = max(0, cfg.search.n_trials - search.finished_trials(study))
     shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
     logger = get_run_logger()
-    logger.info(f"study '{study.study_name}' at {storage_url}: {remaining} trial(s) to run "
+    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)  # no password in logs
+    logger.info(f"study '{study.study_name}' at {shown}: {remaining} trial(s) to run "
                 f"on {len(shares)} worker(s)")
     if len(shares) == 1:
         search_worker(cfg, data, storage_url, shares[0], parent)
@@ -344,7 +353,12 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[
 
 @flow(name="mtl-pipeline", log_prints=True)
 def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  # noqa: B008
-    """Tune task weights and L1/L2 by search, train, evaluate against baselines, register."""
+    """Tune task weights and L1/L2 by search, train, evaluate against baselines, register.
+
+    Args:
+        params: The config to run and what this run changes in it (search size,
+            workers, epochs, seed, device, overrides); empty fields keep the config's.
+    """
     cfg, config_file = load_experiment(params)
     data = prepare_data(cfg.data)
     parent = start_parent_run(cfg, data, config_file)

@@ -24,7 +24,7 @@ import torch
 
 from mtl_core.config import ExperimentConfig, SearchConfig, state_dir
 from mtl_core.data import PreparedData
-from mtl_core.errors import ConfigError, SearchError
+from mtl_core.errors import ConfigError, MTLError, SearchError
 from mtl_core.losses import build_loss
 from mtl_core.metrics import evaluate
 from mtl_core.model import build_model
@@ -247,6 +247,8 @@ def make_objective(
             trial.set_user_attr("fail_reason", reason)
             if logger is not None:
                 logger.finish("FAILED", {}, reason)
+            if isinstance(exc, MTLError):
+                return math.nan  # an expected failure: Optuna records FAIL without a traceback
             raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", result.epochs_run)

@@ -13,7 +13,7 @@ import torch
 from mtl_core.config import DataConfig, ExperimentConfig, load_config
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Train on one thread: the models are tiny, and the CPUs are shared with other jobs.
 

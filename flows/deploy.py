@@ -1,0 +1,176 @@
+"""``mtl deploy``: the ``mtl-pipeline`` flow as a scheduled deployment on a process work pool.
+
+The deployment runs the flow from this checkout: ``flow.from_source`` on the
+repository root records a ``set_working_directory`` pull step, so a process
+worker changes into the repository and imports ``flows/pipeline.py``; no image,
+no registry. The deployment carries
+
+- defaults for a run started by hand (the dashboard's Run button): the config
+  with its own search size;
+- a nightly schedule running a small search and a weekly one running a larger
+  search on two workers, each with its own parameters and a fresh Optuna study
+  (``new_study``), so that every scheduled run searches instead of resuming a
+  study that is already full.
+
+Prefect merges a schedule's or a run's parameters into the deployment's one
+top-level key at a time, so each schedule carries the whole ``params`` object.
+The server checks every run's parameters against the flow's schema
+(``enforce_parameter_schema``) and refuses a bad value, naming the field,
+before a worker picks the run up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from flows.params import PipelineParams
+from mtl_core.config import load_config
+from mtl_core.errors import ConfigError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+ENTRYPOINT = "flows/pipeline.py:mtl_pipeline"
+FLOW_NAME = "mtl-pipeline"
+DEFAULT_POOL = "mtl-process"
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """A cron schedule and the parameters its runs change from the deployment's defaults."""
+
+    slug: str
+    cron: str
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+NIGHTLY = SchedulePlan("nightly", "0 2 * * *", {"n_trials": 20, "new_study": True})
+WEEKLY = SchedulePlan("weekly", "0 4 * * 6", {"n_trials": 100, "n_workers": 2, "new_study": True})
+
+
+@dataclass
+class Deployed:
+    """What :func:`deploy` created or updated."""
+
+    id: UUID
+    name: str
+    work_pool: str
+    parameters: dict[str, Any]
+    schedules: dict[str, tuple[str, dict[str, Any]]]  # slug -> (cron, params)
+    url: str | None
+
+
+def _params(base: dict[str, Any], changes: dict[str, Any], what: str) -> dict[str, Any]:
+    """Validated ``params`` object: ``base`` with ``changes`` applied."""
+    try:
+        return PipelineParams(**{**base, **changes}).model_dump(mode="json")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{what}: parameter '{where}': {err['msg']}") from None
+
+
+def _check_server(api_url: str, work_pool: str) -> None:
+    """Fail with one clear line when the API is unreachable or the pool is missing."""
+    import httpx
+
+    try:
+        resp = httpx.get(f"{api_url}/work_pools/{work_pool}", timeout=10)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"PREFECT_API_URL {api_url}: not reachable ({exc})") from None
+    if resp.status_code == 404:
+        raise ConfigError(
+            f"work pool '{work_pool}' not found at {api_url}; start the stack with "
+            f"infra/local/up or create it: prefect work-pool create {work_pool} --type process"
+        )
+    if resp.status_code >= 400:
+        raise ConfigError(f"PREFECT_API_URL {api_url}: GET work pool answered {resp.status_code}")
+
+
+def deploy(
+    config: str = "default",
+    *,
+    name: str | None = None,
+    work_pool: str | None = None,
+    overrides: list[str] | None = None,
+    schedules: tuple[SchedulePlan, ...] = (NIGHTLY, WEEKLY),
+    timezone: str = "UTC",
+    paused: bool = False,
+    concurrency_limit: int | None = 1,
+) -> Deployed:
+    """Create or update the ``mtl-pipeline`` deployment on a process work pool.
+
+    Args:
+        config: Config name in ``configs/`` or a YAML path (stored absolute, since
+            the worker runs from the repository root).
+        name: Deployment name; default the config's file stem.
+        work_pool: Process work pool; default ``MTL_WORK_POOL``, else ``mtl-process``.
+        overrides: ``key=value`` config overrides for every run of the deployment.
+        schedules: Cron schedules with their parameter changes.
+        timezone: IANA time zone of the cron strings.
+        paused: Create the deployment with its schedules paused.
+        concurrency_limit: Runs of this deployment at once (``None``: no limit); 1 keeps
+            two runs from promoting versions of one registered model at the same time.
+
+    Returns:
+        The deployment's id, name, parameters and schedules.
+
+    Raises:
+        ConfigError: No Prefect server is configured or reachable, the pool does not
+            exist, or the config or a schedule's parameters are invalid.
+    """
+    api_url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not api_url:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: a deployment needs a Prefect server "
+            "(infra/local/up, then source the env.sh it writes)"
+        )
+    pool = work_pool or os.environ.get("MTL_WORK_POOL") or DEFAULT_POOL
+    path = Path(config)
+    config_ref = str(path.resolve()) if path.is_file() else config
+    base = _params({"config": config_ref, "overrides": list(overrides or [])}, {}, "deployment")
+    load_config(config_ref, PipelineParams(**base).config_overrides())  # fail here, not at 2 a.m.
+    plans = {
+        plan.slug: (plan.cron, _params(base, plan.changes, f"schedule '{plan.slug}'"))
+        for plan in schedules
+    }
+    _check_server(api_url, pool)
+
+    from prefect import flow
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_UI_URL
+
+    pipeline = flow.from_source(source=str(PROJECT_DIR), entrypoint=ENTRYPOINT)
+    dep_name = name or Path(config_ref).stem
+    dep_id = pipeline.deploy(
+        name=dep_name,
+        work_pool_name=pool,
+        parameters={"params": base},
+        schedules=[
+            Cron(cron, timezone=timezone, slug=slug, parameters={"params": params})
+            for slug, (cron, params) in plans.items()
+        ],
+        description=(
+            "Tune task weights and L1/L2 by search, train, evaluate against single-task "
+            "baselines, register the model and promote it to 'champion' when it is better."
+        ),
+        tags=["mtl"],
+        enforce_parameter_schema=True,
+        paused=paused,
+        concurrency_limit=concurrency_limit,
+        ignore_warnings=True,  # a process pool without an image is what we want
+        print_next_steps=False,
+    )
+    ui = PREFECT_UI_URL.value()
+    return Deployed(
+        id=dep_id,
+        name=f"{FLOW_NAME}/{dep_name}",
+        work_pool=pool,
+        parameters=base,
+        schedules=plans,
+        url=f"{ui}/deployments/deployment/{dep_id}" if ui else None,
+    )
