@@ -15,8 +15,6 @@ import flows  # noqa: F401  (embedded defaults first)
 from mtl_core.errors import MTLError
 
 EXIT_USAGE = 2
-NIGHTLY_CRON = "0 2 * * *"  # 02:00 every day
-WEEKLY_CRON = "0 4 * * 6"  # 04:00 on Saturdays
 
 
 def _fail(message: str) -> int:
@@ -35,11 +33,10 @@ class _QuietExpectedErrors(logging.Filter):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
+    from flows.params import PipelineParams
     from mtl_core import tracking
     from mtl_core.config import load_config
     from mtl_core.data import load_frame
-
-    from flows.params import PipelineParams
 
     params = PipelineParams(config=args.config, overrides=args.set or [])
     cfg = load_config(params.config, params.config_overrides())
@@ -58,7 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"champion model: {result['champion_uri']}")
     uri = tracking.tracking_uri()
     if uri.startswith("sqlite:"):
-        print(f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        print(
+            f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        )
     else:
         print(f"MLflow UI: {uri}")
     return 0
@@ -75,8 +74,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = read_table(args.input)
     uri = tracking.tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return _fail(f"model '{args.model_uri}': no MLflow store at {uri}; run 'mtl run' first "
-                     "or set MLFLOW_TRACKING_URI")
+        return _fail(
+            f"model '{args.model_uri}': no MLflow store at {uri}; run 'mtl run' first "
+            "or set MLFLOW_TRACKING_URI"
+        )
     tracking.get_client()
     try:
         model = mlflow.pyfunc.load_model(args.model_uri)
@@ -95,19 +96,32 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     """Create or update the scheduled ``mtl-pipeline`` deployment on a process work pool."""
     from flows.deploy import NIGHTLY, WEEKLY, SchedulePlan, deploy
 
-    nightly = SchedulePlan("nightly", args.nightly,
-                           {**NIGHTLY.changes, "n_trials": args.nightly_trials})
-    weekly = SchedulePlan("weekly", args.weekly, {**WEEKLY.changes, "n_trials": args.weekly_trials,
-                                                  "n_workers": args.weekly_workers})
-    out = deploy(args.config, name=args.name, work_pool=args.pool, overrides=args.set or [],
-                 schedules=(nightly, weekly), timezone=args.timezone, paused=args.paused,
-                 concurrency_limit=args.limit or None)
+    nightly = SchedulePlan(
+        "nightly", args.nightly, {**NIGHTLY.changes, "n_trials": args.nightly_trials}
+    )
+    weekly = SchedulePlan(
+        "weekly",
+        args.weekly,
+        {**WEEKLY.changes, "n_trials": args.weekly_trials, "n_workers": args.weekly_workers},
+    )
+    out = deploy(
+        args.config,
+        name=args.name,
+        work_pool=args.pool,
+        overrides=args.set or [],
+        schedules=(nightly, weekly),
+        timezone=args.timezone,
+        paused=args.paused,
+        concurrency_limit=args.limit or None,
+    )
     print(f"deployment {out.name} ({out.id}) on work pool '{out.work_pool}'")
     for slug, (cron, params) in out.schedules.items():
         changed = {k: v for k, v in params.items() if v != out.parameters.get(k)}
         print(f"  {slug:<8} {cron} ({args.timezone}) {changed}")
-    print(f"run by hand: prefect deployment run '{out.name}'"
-          + (f", or Run at {out.url}" if out.url else ""))
+    print(
+        f"run by hand: prefect deployment run '{out.name}'"
+        + (f", or Run at {out.url}" if out.url else "")
+    )
     return 0
 
 
@@ -117,33 +131,71 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the mtl-pipeline flow")
     run.add_argument("--config", default="default", help="config name in configs/ or YAML path")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set search.n_trials=5 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set search.n_trials=5 (repeatable)",
+    )
     run.set_defaults(func=cmd_run)
     pred = sub.add_parser("predict", help="score rows with a registered model")
     pred.add_argument("--model-uri", required=True, help="e.g. models:/mtl-default@champion")
     pred.add_argument("--input", required=True, help="CSV or Parquet file of raw feature rows")
     pred.add_argument("--output", required=True, help="CSV file to write")
     pred.set_defaults(func=cmd_predict)
+    from flows.deploy import NIGHTLY, WEEKLY  # light: no torch, no Prefect
+
     dep = sub.add_parser("deploy", help="deploy the flow with nightly and weekly schedules")
     dep.add_argument("--config", default="default", help="config name in configs/ or YAML path")
-    dep.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="config override stored in the deployment (repeatable)")
+    dep.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="config override stored in the deployment (repeatable)",
+    )
     dep.add_argument("--name", help="deployment name (default: the config's file stem)")
     dep.add_argument("--pool", help="process work pool (default: $MTL_WORK_POOL or mtl-process)")
-    dep.add_argument("--nightly", default=NIGHTLY_CRON, metavar="CRON",
-                     help=f"cron of the small search (default: '{NIGHTLY_CRON}')")
-    dep.add_argument("--nightly-trials", type=int, default=20, metavar="N",
-                     help="trials of the nightly search (default: 20)")
-    dep.add_argument("--weekly", default=WEEKLY_CRON, metavar="CRON",
-                     help=f"cron of the larger search (default: '{WEEKLY_CRON}')")
-    dep.add_argument("--weekly-trials", type=int, default=100, metavar="N",
-                     help="trials of the weekly search (default: 100)")
-    dep.add_argument("--weekly-workers", type=int, default=2, metavar="N",
-                     help="parallel search workers of the weekly run (default: 2)")
+    dep.add_argument(
+        "--nightly",
+        default=NIGHTLY.cron,
+        metavar="CRON",
+        help="cron of the small search (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--nightly-trials",
+        type=int,
+        default=NIGHTLY.changes["n_trials"],
+        metavar="N",
+        help="trials of the nightly search (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--weekly",
+        default=WEEKLY.cron,
+        metavar="CRON",
+        help="cron of the larger search (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--weekly-trials",
+        type=int,
+        default=WEEKLY.changes["n_trials"],
+        metavar="N",
+        help="trials of the weekly search (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--weekly-workers",
+        type=int,
+        default=WEEKLY.changes["n_workers"],
+        metavar="N",
+        help="search workers of the weekly run (default: %(default)s)",
+    )
     dep.add_argument("--timezone", default="UTC", help="time zone of the crons (default: UTC)")
-    dep.add_argument("--limit", type=int, default=1, metavar="N",
-                     help="runs of the deployment at once, 0 = no limit (default: 1)")
+    dep.add_argument(
+        "--limit",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs of the deployment at once, 0 = no limit (default: %(default)s)",
+    )
     dep.add_argument("--paused", action="store_true", help="create it with schedules paused")
     dep.set_defaults(func=cmd_deploy)
     return parser

@@ -22,6 +22,7 @@ before a worker picks the run up.
 from __future__ import annotations
 
 import os
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,10 @@ def deploy(
             "(infra/local/up, then source the env.sh it writes)"
         )
     pool = work_pool or os.environ.get("MTL_WORK_POOL") or DEFAULT_POOL
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"time zone '{timezone}': expected an IANA name, e.g. UTC") from None
     path = Path(config)
     config_ref = str(path.resolve()) if path.is_file() else config
     base = _params({"config": config_ref, "overrides": list(overrides or [])}, {}, "deployment")
@@ -144,16 +149,19 @@ def deploy(
     from prefect.schedules import Cron
     from prefect.settings import PREFECT_UI_URL
 
+    crons = []
+    for slug, (cron, params) in plans.items():
+        try:
+            crons.append(Cron(cron, timezone=timezone, slug=slug, parameters={"params": params}))
+        except ValueError as exc:  # a bad cron string or time zone
+            raise ConfigError(f"schedule '{slug}': {exc}") from None
     pipeline = flow.from_source(source=str(PROJECT_DIR), entrypoint=ENTRYPOINT)
     dep_name = name or Path(config_ref).stem
     dep_id = pipeline.deploy(
         name=dep_name,
         work_pool_name=pool,
         parameters={"params": base},
-        schedules=[
-            Cron(cron, timezone=timezone, slug=slug, parameters={"params": params})
-            for slug, (cron, params) in plans.items()
-        ],
+        schedules=crons,
         description=(
             "Tune task weights and L1/L2 by search, train, evaluate against single-task "
             "baselines, register the model and promote it to 'champion' when it is better."

@@ -27,10 +27,12 @@ class PipelineParams(BaseModel):
         "default",
         min_length=1,
         max_length=500,
-        description="Config name in configs/ (e.g. 'default', 'penguins') or a path to a YAML file.",
+        description="Config name in configs/ (e.g. 'default', 'penguins') or a YAML file path.",
     )
     experiment: str | None = Field(
-        None, min_length=1, max_length=200,
+        None,
+        min_length=1,
+        max_length=200,
         description="MLflow experiment and registered model name; empty = the config's.",
     )
     n_trials: int | None = Field(
@@ -47,11 +49,13 @@ class PipelineParams(BaseModel):
         None, ge=0, le=2**31 - 1, description="Seed for the sampler, model init and shuffling."
     )
     device: str | None = Field(
-        None, pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        None,
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
         description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.",
     )
     overrides: list[str] = Field(
-        default_factory=list, max_length=50,
+        default_factory=list,
+        max_length=50,
         description="Further config overrides as key=value, e.g. loss.penalty_scope=all.",
     )
     new_study: bool = Field(

@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
 import optuna
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -31,6 +30,8 @@ from prefect.context import get_run_context
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
+import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
+from flows.params import PipelineParams
 from mtl_core import figures, search, tracking
 from mtl_core.baselines import BaselineResult, single_task_baselines
 from mtl_core.config import (
@@ -46,7 +47,6 @@ from mtl_core.metrics import delta_m, evaluate
 from mtl_core.model import MultiTaskNet, build_model
 from mtl_core.serving import save_pyfunc
 from mtl_core.train import FitResult, fit
-from flows.params import PipelineParams
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # The pipeline prints its own progress line per trial, with the reason of a failed one;
@@ -288,7 +288,7 @@ def publish_artifacts(
         f"# {cfg.tracking.experiment}: multi-task pipeline summary",
         f"- best trial: **#{best_number}**, val objective {best_value:.4f}",
         f"- test objective: {metrics['test/objective']:.4f}",
-        f"- delta_m vs single-task baselines: "
+        "- delta_m vs single-task baselines: "
         + (f"**{dm:+.2f}%** ({'sharing helped' if dm > 0 else 'sharing did not help'})"
            if dm is not None else "baselines off"),
         f"- promotion: {decision.describe()}",

@@ -100,7 +100,9 @@ def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
     """Seeded TPE (the default) or random sampler."""
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, cfg.n_trials // 2 + 1))
+    return optuna.samplers.TPESampler(
+        seed=cfg.seed, n_startup_trials=min(10, cfg.n_trials // 2 + 1)
+    )
 
 
 def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
@@ -176,7 +178,9 @@ def suggest(trial: optuna.Trial, space: SearchConfig, tasks: list[str]) -> dict[
                 trial.suggest_float(key, rng.low, rng.high, log=rng.log) if on else 0.0
             )
     if space.lr is not None:
-        params["train.lr"] = trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log)
+        params["train.lr"] = trial.suggest_float(
+            "lr", space.lr.low, space.lr.high, log=space.lr.log
+        )
     if space.width:
         params["model.width"] = trial.suggest_categorical("width", space.width)
     if space.dropout is not None:
@@ -228,16 +232,29 @@ def make_objective(
 
         try:
             trial_cfg = apply_params(cfg, params)
-            model = build_model(trial_cfg.model, data.preprocessor.n_inputs, data.out_dims,
-                                trial_cfg.train.seed)
+            model = build_model(
+                trial_cfg.model, data.preprocessor.n_inputs, data.out_dims, trial_cfg.train.seed
+            )
             loss = build_loss(trial_cfg.loss, task_types)
-            result = fit(model, data, loss, trial_cfg.train, device=device, callbacks=[report],
-                         epochs=cfg.search.trial_epochs)
+            result = fit(
+                model,
+                data,
+                loss,
+                trial_cfg.train,
+                device=device,
+                callbacks=[report],
+                epochs=cfg.search.trial_epochs,
+            )
             metrics = evaluate(model, data, ("val",), device)  # never the test split here
             # The epoch history already holds val/objective; the summary gets its own keys.
             metrics.pop("val/objective")
-            metrics.update({"val/best_objective": result.best_val_objective,
-                            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+            metrics.update(
+                {
+                    "val/best_objective": result.best_val_objective,
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": result.epochs_run,
+                }
+            )
         except optuna.TrialPruned as exc:
             if logger is not None:
                 logger.finish("PRUNED", {}, str(exc))

@@ -73,9 +73,14 @@ def save_pyfunc(
         mlflow.pyfunc.save_model(
             path=str(path),
             python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),  # MLflow's models-from-code
-            artifacts={n: str(tmp / f) for n, f in (
-                ("weights", "weights.pt"), ("spec", "spec.json"),
-                ("preprocessor", "preprocessor.pkl"))},
+            artifacts={
+                n: str(tmp / f)
+                for n, f in (
+                    ("weights", "weights.pt"),
+                    ("spec", "spec.json"),
+                    ("preprocessor", "preprocessor.pkl"),
+                )
+            },
             code_paths=[str(PACKAGE_DIR)],
             signature=infer_signature(example, preds),
             input_example=example,

@@ -125,8 +125,11 @@ class MlflowTrialLogger:
     ) -> None:
         self.client = client
         self.run_id = start_run(
-            client, experiment_id, f"trial-{trial_number:03d}",
-            tags={"trial.number": str(trial_number)}, parent_run_id=parent_run_id,
+            client,
+            experiment_id,
+            f"trial-{trial_number:03d}",
+            tags={"trial.number": str(trial_number)},
+            parent_run_id=parent_run_id,
         )
         log_params(client, self.run_id, {**(base_params or {}), **params})
         self._buffer: list[Metric] = []
@@ -213,7 +216,10 @@ class Promotion:
     def describe(self) -> str:
         """One sentence for logs and summaries."""
         if self.champion_version is None:
-            return f"version {self.version} is the first champion (test objective {self.new_score:.4f})"
+            return (
+                f"version {self.version} is the first champion "
+                f"(test objective {self.new_score:.4f})"
+            )
         verb = "beats" if self.promoted else "does not beat"
         return (
             f"version {self.version} (test objective {self.new_score:.4f}) {verb} champion "

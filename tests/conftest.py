@@ -13,8 +13,9 @@ for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE"):
     os.environ.pop(var, None)
 os.environ["MTL_STATE_DIR"] = tempfile.mkdtemp(prefix="mtl-test-state-")
 
-import flows  # noqa: E402,F401  (applies the embedded defaults for this session)
 import pytest  # noqa: E402
+
+import flows  # noqa: E402,F401  (applies the embedded defaults for this session)
 
 
 @pytest.fixture(scope="session")

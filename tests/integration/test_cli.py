@@ -11,8 +11,12 @@ pytestmark = pytest.mark.integration
 
 def mtl(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
-        timeout=120, cwd=cwd, env={**os.environ},
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ},
     )
 
 
@@ -27,8 +31,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 
 
 def test_missing_config(tmp_path):
-    assert_one_line_error(mtl("run", "--config", str(tmp_path / "nope.yaml")), "nope.yaml",
-                          "not found")
+    assert_one_line_error(
+        mtl("run", "--config", str(tmp_path / "nope.yaml")), "nope.yaml", "not found"
+    )
 
 
 def test_invalid_value_names_file_and_key(tmp_path):
@@ -47,8 +52,7 @@ def test_missing_data_file(tmp_path):
         "data:\n  source: file\n  path: /nonexistent/rows.csv\n"
         "  tasks: [{name: a, column: y, type: regression}]\n"
     )
-    assert_one_line_error(mtl("run", "--config", str(config)), "/nonexistent/rows.csv",
-                          "not found")
+    assert_one_line_error(mtl("run", "--config", str(config)), "/nonexistent/rows.csv", "not found")
     # Nothing was written: the state folder holds no MLflow store or study.
     state = os.environ["MTL_STATE_DIR"]
     assert not any(name.endswith(".db") for name in os.listdir(state))
@@ -57,13 +61,27 @@ def test_missing_data_file(tmp_path):
 def test_predict_with_unknown_model(tmp_path, mlflow_store):
     rows = tmp_path / "rows.csv"
     rows.write_text("x0,x1\n1,2\n")
-    proc = mtl("predict", "--model-uri", "models:/no-such-model@champion", "--input", str(rows),
-               "--output", str(tmp_path / "out.csv"))
+    proc = mtl(
+        "predict",
+        "--model-uri",
+        "models:/no-such-model@champion",
+        "--input",
+        str(rows),
+        "--output",
+        str(tmp_path / "out.csv"),
+    )
     assert_one_line_error(proc, "models:/no-such-model@champion")
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_predict_with_missing_input(tmp_path):
-    proc = mtl("predict", "--model-uri", "models:/x@champion", "--input",
-               str(tmp_path / "missing.csv"), "--output", str(tmp_path / "out.csv"))
+    proc = mtl(
+        "predict",
+        "--model-uri",
+        "models:/x@champion",
+        "--input",
+        str(tmp_path / "missing.csv"),
+        "--output",
+        str(tmp_path / "out.csv"),
+    )
     assert_one_line_error(proc, "missing.csv", "not found")

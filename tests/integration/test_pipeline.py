@@ -73,8 +73,14 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
     assert parent.data.params["search.n_trials"] == "3"
     assert parent.data.params["tasks.cls.type"] == "binary"
     assert {"tasks.reg.weight", "loss.l1", "loss.l2", "train.lr"} <= set(parent.data.params)
-    for key in ("test/objective", "test/delta_m", "test/reg/rmse", "test/cls/auc",
-                "baseline/test/cls/auc", "val/cls/auc"):
+    for key in (
+        "test/objective",
+        "test/delta_m",
+        "test/reg/rmse",
+        "test/cls/auc",
+        "baseline/test/cls/auc",
+        "val/cls/auc",
+    ):
         assert key in parent.data.metrics, key
     # The dataset is an input of the run, identified by its fingerprint.
     (dataset_input,) = parent.inputs.dataset_inputs
@@ -107,9 +113,21 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
     rows.to_csv(tmp_path / "rows.csv", index=False)
     out = tmp_path / "preds.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "predict", "--model-uri", "models:/tiny@champion",
-         "--input", str(tmp_path / "rows.csv"), "--output", str(out)],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "predict",
+            "--model-uri",
+            "models:/tiny@champion",
+            "--input",
+            str(tmp_path / "rows.csv"),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     preds = pd.read_csv(out)
@@ -174,7 +192,8 @@ def test_worse_model_does_not_take_champion(prefect_harness, mlflow_store, tmp_p
 
     # One epoch at a tiny learning rate, in a separate study: clearly worse.
     bad = write_config(
-        tmp_path, "bad.yaml",
+        tmp_path,
+        "bad.yaml",
         train={"epochs": 1},
         search={"n_trials": 1, "study_name": "promo-bad", "lr": {"low": 1e-6, "high": 2e-6}},
         tracking={"experiment": "promo"},

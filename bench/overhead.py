@@ -1,0 +1,213 @@
+"""Orchestration overhead: the full ``mtl-pipeline`` flow against a bare loop over ``fit``.
+
+(a) ``flows.pipeline.mtl_pipeline`` on embedded defaults in a fresh ``MTL_STATE_DIR``
+(ephemeral Prefect API, SQLite MLflow store, SQLite Optuna study): data preparation, a fixed
+number of trials (TPE sampler, no pruner, no early stopping, so every trial trains the same
+epochs), retraining the best, evaluation, figures, model registration and promotion.
+Single-task baselines are off (``baselines=false``).
+
+(b) A bare Python loop doing the same training: prepare the data, ``fit`` + validation
+``evaluate`` for exactly the params the flow's trials used (read back from its study), then
+retrain the best and evaluate on val and test. No Prefect, MLflow or Optuna at run time.
+
+Prefect's start-up (the first flow run, which starts the ephemeral API) is timed separately
+with a trivial flow and excluded; so are the imports. The MLflow store's creation is inside
+(a); it is also timed on a throw-away store and shown. MLflow logging cost per trial is
+measured inside (a) by timing every ``MlflowTrialLogger`` call against the trial's duration.
+
+Run ``python -m bench.overhead [--smoke] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import Report, Timer, fmt, met, parse_args
+
+TARGET_RATIO = 1.15
+THREADS = 1
+
+
+def settings(smoke: bool) -> tuple[int, list[str]]:
+    """Trials and config overrides: trials of about 5 s each here (full), or tiny (smoke)."""
+    trials, rows, epochs = (2, 1500, 3) if smoke else (6, 30000, 60)
+    return trials, [
+        f"data.synthetic.n_rows={rows}", f"train.epochs={epochs}", "train.patience=null",
+        "search.pruner=none", f"search.n_trials={trials}", "baselines=false",
+        "tracking.experiment=bench-overhead", "train.device=cpu",
+    ]
+
+
+def fresh_state() -> Path:
+    """A new state folder, set before ``flows`` is imported; servers in the shell are ignored."""
+    root = Path(tempfile.mkdtemp(prefix="mtl-bench-overhead-"))
+    os.environ["MTL_STATE_DIR"] = str(root / "state")
+    for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE", "PREFECT_HOME"):
+        os.environ.pop(var, None)
+    return root
+
+
+def patch_trial_logger(timings: dict[int, float]) -> None:
+    """Accumulate the seconds spent in each trial's MlflowTrialLogger calls, by trial number."""
+    from mtl_core import tracking
+
+    cls = tracking.MlflowTrialLogger
+    init, log_epoch, finish = cls.__init__, cls.log_epoch, cls.finish
+
+    def timed(fn, key_of):
+        def wrapper(self, *a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(self, *a, **kw)
+            finally:
+                timings[key_of(self, a, kw)] += time.perf_counter() - t0
+        return wrapper
+
+    def trial_of_init(self, a, kw):
+        self._bench_trial = kw.get("trial_number", a[3] if len(a) > 3 else -1)
+        return self._bench_trial
+
+    cls.__init__ = timed(init, trial_of_init)
+    cls.log_epoch = timed(log_epoch, lambda self, a, kw: self._bench_trial)
+    cls.finish = timed(finish, lambda self, a, kw: self._bench_trial)
+
+
+def bare_loop(cfg, trial_params: list[dict]) -> tuple[dict[int, float], float]:
+    """Same data, trials, final retrain and evaluation as the flow, as plain function calls."""
+    from mtl_core.data import prepare
+    from mtl_core.losses import build_loss
+    from mtl_core.metrics import evaluate
+    from mtl_core.model import build_model
+    from mtl_core.search import apply_params
+    from mtl_core.train import fit
+
+    data = prepare(cfg.data)
+    types = {t.name: t.type for t in data.tasks}
+    seconds, objectives = {}, {}
+
+    def train(params: dict, splits: tuple[str, ...], epochs: int | None):
+        tcfg = apply_params(cfg, params)
+        model = build_model(tcfg.model, data.preprocessor.n_inputs, data.out_dims,
+                            tcfg.train.seed)
+        result = fit(model, data, build_loss(tcfg.loss, types), tcfg.train, epochs=epochs)
+        evaluate(model, data, splits)
+        return result.best_val_objective
+
+    for i, params in enumerate(trial_params):
+        with Timer() as t:
+            objectives[i] = train(params, ("val",), cfg.search.trial_epochs)
+        seconds[i] = t.seconds
+    best = min(objectives, key=objectives.get)
+    with Timer() as t:
+        train(trial_params[best], ("val", "test"), None)
+    return seconds, t.seconds
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    root = fresh_state()
+    with Timer() as t_import:
+        import torch
+
+        import flows  # noqa: F401  (embedded defaults for the fresh state folder)
+        from flows.params import PipelineParams
+        from flows.pipeline import mtl_pipeline
+        from mtl_core import search, tracking
+        from mtl_core.config import load_config
+        from prefect import flow
+    torch.set_num_threads(THREADS)
+    n_trials, overrides = settings(args.smoke)
+    cfg = load_config("default", overrides)
+    report = Report("overhead", "Orchestration overhead: Prefect + MLflow + Optuna vs a bare loop",
+                    "bench.overhead", args.out, args.smoke)
+
+    # Warm-up, so that first-call costs of torch hit neither side.
+    warm = load_config("default", ["data.synthetic.n_rows=300", "train.epochs=2"])
+    bare_loop(warm, [{}])
+
+    @flow(name="bench-noop")
+    def noop() -> int:
+        return 1
+
+    with Timer() as t_prefect:
+        noop()  # the first flow run starts the ephemeral Prefect API
+    with Timer() as t_second:
+        noop()
+    # MLflow store creation (schema migrations of a new SQLite file), on a throw-away store.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'throwaway-mlflow.db'}"
+    with Timer() as t_mlflow:
+        tracking.get_client().search_experiments()
+    del os.environ["MLFLOW_TRACKING_URI"]
+
+    logger_s: dict[int, float] = defaultdict(float)
+    patch_trial_logger(logger_s)
+    params = PipelineParams(config="default", overrides=overrides)
+    with Timer() as t_flow:
+        result = mtl_pipeline(params)
+    study = search.open_study(cfg, search.resolve_storage(cfg.search))
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    flow_trial_s = {t.number: (t.datetime_complete - t.datetime_start).total_seconds()
+                    for t in trials}
+    trial_params = [t.user_attrs["params"] for t in trials]
+    with Timer() as t_bare:
+        bare_trial_s, bare_final_s = bare_loop(cfg, trial_params)
+
+    ratio = t_flow.seconds / t_bare.seconds
+    ratio_no_mlflow_init = (t_flow.seconds - t_mlflow.seconds) / t_bare.seconds
+    mean_flow_trial = sum(flow_trial_s.values()) / len(flow_trial_s)
+    mean_bare_trial = sum(bare_trial_s.values()) / len(bare_trial_s)
+    trial_ratio = mean_flow_trial / mean_bare_trial
+    report.add(
+        f"{len(trials)} trials on `configs/default.yaml` with `{' '.join(overrides)}`: every "
+        f"trial trains {cfg.train.epochs} epochs (no pruning, no early stopping); "
+        f"{THREADS} torch thread on both sides. Both sides include data preparation, the "
+        "trials, retraining the best params and evaluating them; the flow also logs to MLflow, "
+        "draws figures, registers and promotes the model. Single-task baselines are off."
+    )
+    report.table(["what", "seconds"], [
+        ["imports (prefect, mlflow, optuna, torch, flows)", fmt(t_import.seconds, 2)],
+        ["Prefect start-up: first trivial flow run (starts the ephemeral API)",
+         fmt(t_prefect.seconds, 2)],
+        ["a second trivial flow run", fmt(t_second.seconds, 2)],
+        ["MLflow: creating a new SQLite store (throw-away copy)", fmt(t_mlflow.seconds, 2)],
+        ["(a) mtl-pipeline flow, start-up excluded", fmt(t_flow.seconds, 2)],
+        ["(b) bare loop over fit", fmt(t_bare.seconds, 2)],
+        ["mean trial, in the flow (Optuna timestamps)", fmt(mean_flow_trial, 2)],
+        ["mean trial, bare", fmt(mean_bare_trial, 2)],
+        ["final retrain + evaluation, bare", fmt(bare_final_s, 2)],
+    ], "Wall seconds")
+    report.table(["ratio", "value", "target", ""], [
+        ["flow / bare (Prefect start-up excluded)", f"**{ratio:.3f}**", f"≤ {TARGET_RATIO}",
+         met(ratio, TARGET_RATIO, higher_is_better=False)],
+        ["flow / bare, MLflow store creation also excluded", f"{ratio_no_mlflow_init:.3f}",
+         "", ""],
+        ["one trial: flow / bare", f"{trial_ratio:.3f}", "", ""],
+    ], "Overhead ratios")
+
+    share = {n: logger_s[n] / flow_trial_s[n] for n in flow_trial_s if flow_trial_s[n] > 0}
+    rows = [[n, fmt(flow_trial_s[n], 2), fmt(1000 * logger_s[n], 1), f"{100 * share[n]:.2f}%"]
+            for n in sorted(share)]
+    mean_share = sum(logger_s.values()) / sum(flow_trial_s.values())
+    rows.append(["all", fmt(sum(flow_trial_s.values()), 2), fmt(1000 * sum(logger_s.values()), 1),
+                 f"**{100 * mean_share:.2f}%**"])
+    report.table(["trial", "trial seconds", "MlflowTrialLogger ms", "share of trial"], rows,
+                 f"MLflow logging cost per trial ({cfg.train.epochs} epochs of metrics each)")
+    report.results = {
+        "trials": len(trials), "import_s": t_import.seconds, "prefect_startup_s": t_prefect.seconds,
+        "mlflow_store_creation_s": t_mlflow.seconds, "flow_s": t_flow.seconds,
+        "bare_s": t_bare.seconds, "ratio": ratio, "ratio_without_mlflow_init":
+        ratio_no_mlflow_init, "trial_ratio": trial_ratio, "mean_flow_trial_s": mean_flow_trial,
+        "mean_bare_trial_s": mean_bare_trial, "mlflow_share": mean_share,
+        "mlflow_ms_per_trial": 1000 * sum(logger_s.values()) / len(trials),
+        "target": TARGET_RATIO, "best_trial": result["best_trial"],
+    }
+    report.write()
+    print(f"RATIO flow / bare loop (Prefect start-up excluded): {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
