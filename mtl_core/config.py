@@ -77,7 +77,7 @@ class ModelConfig(_Strict):
     """Shared MLP trunk and per-task heads."""
 
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    activation: Literal["identity", "relu", "gelu", "tanh", "silu"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["none", "batch", "layer"] = "none"
     head_hidden: int = Field(0, ge=0, description="Hidden units in each head; 0 = linear head.")

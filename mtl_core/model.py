@@ -12,6 +12,7 @@ from torch import nn
 from mtl_core.config import ModelConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "identity": nn.Identity,  # with one hidden layer: the seed's single shared Linear layer
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "tanh": nn.Tanh,
