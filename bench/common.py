@@ -35,7 +35,9 @@ def parse_args(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests (seconds)")
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help=f"output folder (default {DOCS_DIR.relative_to(REPO)}, or "
         f"{SMOKE_DIR.relative_to(REPO)} with --smoke)",
     )
@@ -169,7 +171,9 @@ class Report:
         self.parts.append(markdown.strip("\n"))
         print(markdown.strip("\n") + "\n", flush=True)
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> None:
+    def table(
+        self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = ""
+    ) -> None:
         """Append a table, with an optional bold caption above it."""
         self.add((f"**{caption}**\n\n" if caption else "") + md_table(headers, rows))
 
@@ -187,21 +191,26 @@ class Report:
     def write(self) -> Path:
         """Write ``<name>.md`` and ``<name>.json``; returns the markdown path."""
         seconds = time.perf_counter() - self.t0
+        load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
         header = [
             f"### {self.title}",
             "",
             f"- command: `{self.command}`" + (" (smoke sizes)" if self.smoke else ""),
             f"- date: {self.date}",
             f"- machine: {self.machine}",
-            f"- wall time of this benchmark: {seconds:.0f} s",
+            f"- wall time of this benchmark: {seconds:.0f} s; load average at the end {load}",
             "",
         ]
         md = "\n".join(header) + "\n\n".join(self.parts) + "\n"
         path = self.out / f"{self.name}.md"
         path.write_text(md)
         payload = {
-            "name": self.name, "command": self.command, "date": self.date,
-            "machine": self.machine, "smoke": self.smoke, "seconds": seconds,
+            "name": self.name,
+            "command": self.command,
+            "date": self.date,
+            "machine": self.machine,
+            "smoke": self.smoke,
+            "seconds": seconds,
             "results": self.results,
         }
         (self.out / f"{self.name}.json").write_text(json.dumps(payload, indent=2, default=_json))

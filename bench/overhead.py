@@ -36,9 +36,14 @@ def settings(smoke: bool) -> tuple[int, list[str]]:
     """Trials and config overrides: trials of about 5 s each here (full), or tiny (smoke)."""
     trials, rows, epochs = (2, 1500, 3) if smoke else (6, 30000, 60)
     return trials, [
-        f"data.synthetic.n_rows={rows}", f"train.epochs={epochs}", "train.patience=null",
-        "search.pruner=none", f"search.n_trials={trials}", "baselines=false",
-        "tracking.experiment=bench-overhead", "train.device=cpu",
+        f"data.synthetic.n_rows={rows}",
+        f"train.epochs={epochs}",
+        "train.patience=null",
+        "search.pruner=none",
+        f"search.n_trials={trials}",
+        "baselines=false",
+        "tracking.experiment=bench-overhead",
+        "train.device=cpu",
     ]
 
 
@@ -65,6 +70,7 @@ def patch_trial_logger(timings: dict[int, float]) -> None:
                 return fn(self, *a, **kw)
             finally:
                 timings[key_of(self, a, kw)] += time.perf_counter() - t0
+
         return wrapper
 
     def trial_of_init(self, a, kw):
@@ -91,8 +97,7 @@ def bare_loop(cfg, trial_params: list[dict]) -> tuple[dict[int, float], float]:
 
     def train(params: dict, splits: tuple[str, ...], epochs: int | None):
         tcfg = apply_params(cfg, params)
-        model = build_model(tcfg.model, data.preprocessor.n_inputs, data.out_dims,
-                            tcfg.train.seed)
+        model = build_model(tcfg.model, data.preprocessor.n_inputs, data.out_dims, tcfg.train.seed)
         result = fit(model, data, build_loss(tcfg.loss, types), tcfg.train, epochs=epochs)
         evaluate(model, data, splits)
         return result.best_val_objective
@@ -112,18 +117,23 @@ def main() -> None:
     root = fresh_state()
     with Timer() as t_import:
         import torch
+        from prefect import flow
 
         import flows  # noqa: F401  (embedded defaults for the fresh state folder)
         from flows.params import PipelineParams
         from flows.pipeline import mtl_pipeline
         from mtl_core import search, tracking
         from mtl_core.config import load_config
-        from prefect import flow
     torch.set_num_threads(THREADS)
     n_trials, overrides = settings(args.smoke)
     cfg = load_config("default", overrides)
-    report = Report("overhead", "Orchestration overhead: Prefect + MLflow + Optuna vs a bare loop",
-                    "bench.overhead", args.out, args.smoke)
+    report = Report(
+        "overhead",
+        "Orchestration overhead: Prefect + MLflow + Optuna vs a bare loop",
+        "bench.overhead",
+        args.out,
+        args.smoke,
+    )
 
     # Warm-up, so that first-call costs of torch hit neither side.
     warm = load_config("default", ["data.synthetic.n_rows=300", "train.epochs=2"])
@@ -150,8 +160,9 @@ def main() -> None:
         result = mtl_pipeline(params)
     study = search.open_study(cfg, search.resolve_storage(cfg.search))
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    flow_trial_s = {t.number: (t.datetime_complete - t.datetime_start).total_seconds()
-                    for t in trials}
+    flow_trial_s = {
+        t.number: (t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+    }
     trial_params = [t.user_attrs["params"] for t in trials]
     with Timer() as t_bare:
         bare_trial_s, bare_final_s = bare_loop(cfg, trial_params)
@@ -168,42 +179,79 @@ def main() -> None:
         "trials, retraining the best params and evaluating them; the flow also logs to MLflow, "
         "draws figures, registers and promotes the model. Single-task baselines are off."
     )
-    report.table(["what", "seconds"], [
-        ["imports (prefect, mlflow, optuna, torch, flows)", fmt(t_import.seconds, 2)],
-        ["Prefect start-up: first trivial flow run (starts the ephemeral API)",
-         fmt(t_prefect.seconds, 2)],
-        ["a second trivial flow run", fmt(t_second.seconds, 2)],
-        ["MLflow: creating a new SQLite store (throw-away copy)", fmt(t_mlflow.seconds, 2)],
-        ["(a) mtl-pipeline flow, start-up excluded", fmt(t_flow.seconds, 2)],
-        ["(b) bare loop over fit", fmt(t_bare.seconds, 2)],
-        ["mean trial, in the flow (Optuna timestamps)", fmt(mean_flow_trial, 2)],
-        ["mean trial, bare", fmt(mean_bare_trial, 2)],
-        ["final retrain + evaluation, bare", fmt(bare_final_s, 2)],
-    ], "Wall seconds")
-    report.table(["ratio", "value", "target", ""], [
-        ["flow / bare (Prefect start-up excluded)", f"**{ratio:.3f}**", f"≤ {TARGET_RATIO}",
-         met(ratio, TARGET_RATIO, higher_is_better=False)],
-        ["flow / bare, MLflow store creation also excluded", f"{ratio_no_mlflow_init:.3f}",
-         "", ""],
-        ["one trial: flow / bare", f"{trial_ratio:.3f}", "", ""],
-    ], "Overhead ratios")
+    report.table(
+        ["what", "seconds"],
+        [
+            ["imports (prefect, mlflow, optuna, torch, flows)", fmt(t_import.seconds, 2)],
+            [
+                "Prefect start-up: first trivial flow run (starts the ephemeral API)",
+                fmt(t_prefect.seconds, 2),
+            ],
+            ["a second trivial flow run", fmt(t_second.seconds, 2)],
+            ["MLflow: creating a new SQLite store (throw-away copy)", fmt(t_mlflow.seconds, 2)],
+            ["(a) mtl-pipeline flow, start-up excluded", fmt(t_flow.seconds, 2)],
+            ["(b) bare loop over fit", fmt(t_bare.seconds, 2)],
+            ["mean trial, in the flow (Optuna timestamps)", fmt(mean_flow_trial, 2)],
+            ["mean trial, bare", fmt(mean_bare_trial, 2)],
+            ["final retrain + evaluation, bare", fmt(bare_final_s, 2)],
+        ],
+        "Wall seconds",
+    )
+    report.table(
+        ["ratio", "value", "target", ""],
+        [
+            [
+                "flow / bare (Prefect start-up excluded)",
+                f"**{ratio:.3f}**",
+                f"≤ {TARGET_RATIO}",
+                met(ratio, TARGET_RATIO, higher_is_better=False),
+            ],
+            [
+                "flow / bare, MLflow store creation also excluded",
+                f"{ratio_no_mlflow_init:.3f}",
+                "",
+                "",
+            ],
+            ["one trial: flow / bare", f"{trial_ratio:.3f}", "", ""],
+        ],
+        "Overhead ratios",
+    )
 
     share = {n: logger_s[n] / flow_trial_s[n] for n in flow_trial_s if flow_trial_s[n] > 0}
-    rows = [[n, fmt(flow_trial_s[n], 2), fmt(1000 * logger_s[n], 1), f"{100 * share[n]:.2f}%"]
-            for n in sorted(share)]
+    rows = [
+        [n, fmt(flow_trial_s[n], 2), fmt(1000 * logger_s[n], 1), f"{100 * share[n]:.2f}%"]
+        for n in sorted(share)
+    ]
     mean_share = sum(logger_s.values()) / sum(flow_trial_s.values())
-    rows.append(["all", fmt(sum(flow_trial_s.values()), 2), fmt(1000 * sum(logger_s.values()), 1),
-                 f"**{100 * mean_share:.2f}%**"])
-    report.table(["trial", "trial seconds", "MlflowTrialLogger ms", "share of trial"], rows,
-                 f"MLflow logging cost per trial ({cfg.train.epochs} epochs of metrics each)")
+    rows.append(
+        [
+            "all",
+            fmt(sum(flow_trial_s.values()), 2),
+            fmt(1000 * sum(logger_s.values()), 1),
+            f"**{100 * mean_share:.2f}%**",
+        ]
+    )
+    report.table(
+        ["trial", "trial seconds", "MlflowTrialLogger ms", "share of trial"],
+        rows,
+        f"MLflow logging cost per trial ({cfg.train.epochs} epochs of metrics each)",
+    )
     report.results = {
-        "trials": len(trials), "import_s": t_import.seconds, "prefect_startup_s": t_prefect.seconds,
-        "mlflow_store_creation_s": t_mlflow.seconds, "flow_s": t_flow.seconds,
-        "bare_s": t_bare.seconds, "ratio": ratio, "ratio_without_mlflow_init":
-        ratio_no_mlflow_init, "trial_ratio": trial_ratio, "mean_flow_trial_s": mean_flow_trial,
-        "mean_bare_trial_s": mean_bare_trial, "mlflow_share": mean_share,
+        "trials": len(trials),
+        "import_s": t_import.seconds,
+        "prefect_startup_s": t_prefect.seconds,
+        "mlflow_store_creation_s": t_mlflow.seconds,
+        "flow_s": t_flow.seconds,
+        "bare_s": t_bare.seconds,
+        "ratio": ratio,
+        "ratio_without_mlflow_init": ratio_no_mlflow_init,
+        "trial_ratio": trial_ratio,
+        "mean_flow_trial_s": mean_flow_trial,
+        "mean_bare_trial_s": mean_bare_trial,
+        "mlflow_share": mean_share,
         "mlflow_ms_per_trial": 1000 * sum(logger_s.values()) / len(trials),
-        "target": TARGET_RATIO, "best_trial": result["best_trial"],
+        "target": TARGET_RATIO,
+        "best_trial": result["best_trial"],
     }
     report.write()
     print(f"RATIO flow / bare loop (Prefect start-up excluded): {ratio:.3f}")

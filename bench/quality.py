@@ -44,8 +44,11 @@ THREADS = 1  # the machine is 2 shared cores; one intra-op thread was faster and
 PRIMARY = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}
 SECONDARY = {"binary": None, "multiclass": "macro_f1", "regression": "r2"}
 STL, EQUAL, TPE, RANDOM, HGB = (
-    "single-task (lr grid)", "MTL equal weights", "MTL tuned (TPE + median pruner)",
-    "MTL random search", "HistGradientBoosting (single-task)",
+    "single-task (lr grid)",
+    "MTL equal weights",
+    "MTL tuned (TPE + median pruner)",
+    "MTL random search",
+    "HistGradientBoosting (single-task)",
 )
 # Published test AUCs (DATA.md: independent reproduction on UCI Census-Income, IJANMC 2024).
 # Reference constants, not measured here; their data, split and features may differ from ours.
@@ -63,21 +66,41 @@ def settings(smoke: bool, out: Path) -> dict[str, Any]:
     if smoke:
         syn = ["data.synthetic.n_rows=600", "train.epochs=6", "train.patience=3"]
         adult_csv = out / "adult_smoke.csv"
-        datasets = {f"synthetic p={p}": ("synthetic", [*syn, f"data.synthetic.correlation={p}"])
-                    for p in (0.5, 0.9, 1.0)}
+        datasets = {
+            f"synthetic p={p}": ("synthetic", [*syn, f"data.synthetic.correlation={p}"])
+            for p in (0.5, 0.9, 1.0)
+        }
         datasets["penguins"] = ("penguins", ["train.epochs=8", "train.patience=3"])
-        datasets["adult"] = ("adult", [f"data.path={adult_csv}", "train.epochs=3",
-                                       "train.patience=2"])
-        return {"datasets": datasets, "seeds": [0, 1], "budget": 3, "grid": 2,
-                "adult_rows": 2000, "adult_csv": adult_csv, "warmup": 1}
-    datasets = {f"synthetic p={p}": ("synthetic", [f"data.synthetic.correlation={p}"])
-                for p in (0.5, 0.9, 1.0)}
+        datasets["adult"] = (
+            "adult",
+            [f"data.path={adult_csv}", "train.epochs=3", "train.patience=2"],
+        )
+        return {
+            "datasets": datasets,
+            "seeds": [0, 1],
+            "budget": 3,
+            "grid": 2,
+            "adult_rows": 2000,
+            "adult_csv": adult_csv,
+            "warmup": 1,
+        }
+    datasets = {
+        f"synthetic p={p}": ("synthetic", [f"data.synthetic.correlation={p}"])
+        for p in (0.5, 0.9, 1.0)
+    }
     datasets["penguins"] = ("penguins", [])
     # Adult: all 48,842 rows, but 10 epochs with patience 3 instead of the config's 30/5,
     # so that the whole `make bench` stays near half an hour on 2 cores.
     datasets["adult"] = ("adult", ["train.epochs=10", "train.patience=3"])
-    return {"datasets": datasets, "seeds": [0, 1, 2], "budget": 12, "grid": 3,
-            "adult_rows": None, "adult_csv": None, "warmup": None}
+    return {
+        "datasets": datasets,
+        "seeds": [0, 1, 2],
+        "budget": 12,
+        "grid": 3,
+        "adult_rows": None,
+        "adult_csv": None,
+        "warmup": None,
+    }
 
 
 def lr_grid(cfg: ExperimentConfig, n: int) -> list[float]:
@@ -113,8 +136,13 @@ def grid_fit(
         train_cfg = cfg.train.model_copy(update={"lr": lr})
         model = build_model(cfg.model, data.preprocessor.n_inputs, data.out_dims, train_cfg.seed)
         try:
-            result = fit(model, data, MultiTaskLoss(types, dict.fromkeys(types, 1.0)), train_cfg,
-                         device=DEVICE)
+            result = fit(
+                model,
+                data,
+                MultiTaskLoss(types, dict.fromkeys(types, 1.0)),
+                train_cfg,
+                device=DEVICE,
+            )
         except NonFiniteLossError:
             continue
         epochs += result.epochs_run
@@ -142,8 +170,14 @@ def single_task(cfg: ExperimentConfig, data: PreparedData, lrs: list[float]):
 
 
 def searched(
-    cfg: ExperimentConfig, data: PreparedData, sampler: str, pruner: str, budget: int,
-    seed: int, tmp: Path, dataset: str,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    sampler: str,
+    pruner: str,
+    budget: int,
+    seed: int,
+    tmp: Path,
+    dataset: str,
 ):
     """Run ``budget`` trials through ``mtl_core.search``, retrain the best, evaluate it.
 
@@ -180,16 +214,27 @@ def gradient_boosting(data: PreparedData, seed: int) -> tuple[dict[str, float], 
 
     pre = data.preprocessor
     train_rows = data.splits["train"].rows
-    cats = {c: sorted(train_rows[c].astype(object).where(train_rows[c].notna(), "<missing>")
-                      .astype(str).unique()) for c in pre.categorical}
-    frames = {s: _categorical_frame(data.splits[s].rows, pre.categorical, cats)
-              for s in ("train", "val", "test")}
+    cats = {
+        c: sorted(
+            train_rows[c]
+            .astype(object)
+            .where(train_rows[c].notna(), "<missing>")
+            .astype(str)
+            .unique()
+        )
+        for c in pre.categorical
+    }
+    frames = {
+        s: _categorical_frame(data.splits[s].rows, pre.categorical, cats)
+        for s in ("train", "val", "test")
+    }
     metrics, iters = {}, 0
     for spec in data.tasks:
         y = data.splits["train"].y[spec.name]
         keep = ~np.isnan(y)
-        clf = HistGradientBoostingClassifier(max_iter=500, early_stopping=True,
-                                             categorical_features="from_dtype", random_state=seed)
+        clf = HistGradientBoostingClassifier(
+            max_iter=500, early_stopping=True, categorical_features="from_dtype", random_state=seed
+        )
         clf.fit(frames["train"][keep], y[keep].astype(int))
         iters += clf.n_iter_
         for split in ("val", "test"):
@@ -210,8 +255,8 @@ def run_dataset(name: str, cfg: ExperimentConfig, data: PreparedData, st: dict, 
 
     def record(method: str, seed: int, metrics: dict, epochs: int, seconds: float, extra) -> None:
         runs.setdefault(method, []).append(
-            {"seed": seed, "metrics": metrics, "epochs": epochs, "seconds": seconds,
-             "extra": extra})
+            {"seed": seed, "metrics": metrics, "epochs": epochs, "seconds": seconds, "extra": extra}
+        )
 
     for seed in st["seeds"]:
         scfg = with_seed(cfg, seed)
@@ -235,8 +280,11 @@ def run_dataset(name: str, cfg: ExperimentConfig, data: PreparedData, st: dict, 
     stl_by_seed = {r["seed"]: r["metrics"] for r in runs[STL]}
     for method, recs in runs.items():
         for r in recs:
-            r["delta_m"] = (0.0 if method == STL
-                            else delta_m(r["metrics"], stl_by_seed[r["seed"]], data.tasks, "test"))
+            r["delta_m"] = (
+                0.0
+                if method == STL
+                else delta_m(r["metrics"], stl_by_seed[r["seed"]], data.tasks, "test")
+            )
     return runs
 
 
@@ -252,19 +300,26 @@ def dataset_table(report: Report, name: str, data: PreparedData, runs: dict, sec
     rows = []
     for method, recs in runs.items():
         cells = [method] + [fmt_pm([r["metrics"].get(k, float("nan")) for r in recs]) for k in keys]
-        cells += [fmt_pm([r["delta_m"] for r in recs], 2),
-                  fmt_pm([r["metrics"].get("test/objective", float("nan")) for r in recs]),
-                  fmt_pm([r["epochs"] for r in recs], 0), fmt_pm([r["seconds"] for r in recs], 1)]
+        cells += [
+            fmt_pm([r["delta_m"] for r in recs], 2),
+            fmt_pm([r["metrics"].get("test/objective", float("nan")) for r in recs]),
+            fmt_pm([r["epochs"] for r in recs], 0),
+            fmt_pm([r["seconds"] for r in recs], 1),
+        ]
         rows.append(cells)
     if name == "adult":
         for label, aucs in PUBLISHED.items():
-            rows.append([f"*{label}*"] + [
-                (f"{aucs[k.split('/')[1]]:.4f}" if k.endswith("/auc") else "–") for k in keys
-            ] + ["–"] * 4)
+            rows.append(
+                [f"*{label}*"]
+                + [(f"{aucs[k.split('/')[1]]:.4f}" if k.endswith("/auc") else "–") for k in keys]
+                + ["–"] * 4
+            )
     n = len(next(iter(runs.values())))
-    caption = (f"{name}: {data.n_rows:,} rows ({len(data.splits['train'].X):,} train / "
-               f"{len(data.splits['val'].X):,} val / {len(data.splits['test'].X):,} test), "
-               f"test split, mean ± std over {n} seeds; {seconds:.0f} s")
+    caption = (
+        f"{name}: {data.n_rows:,} rows ({len(data.splits['train'].X):,} train / "
+        f"{len(data.splits['val'].X):,} val / {len(data.splits['test'].X):,} test), "
+        f"test split, mean ± std over {n} seeds; {seconds:.0f} s"
+    )
     report.table(headers, rows, caption)
 
 
@@ -273,16 +328,29 @@ def summary_table(report: Report, all_runs: dict) -> None:
     methods = [STL, EQUAL, TPE, RANDOM]
     rows = []
     for name, runs in all_runs.items():
-        rows.append([name] + [fmt_pm([r["delta_m"] for r in runs[m]], 2) if m in runs else "–"
-                              for m in methods[1:]])
-    report.table(["dataset", *methods[1:]], rows,
-                 "Summary: Δm (%) of each multi-task method against the single-task models "
-                 "(test split; positive = sharing helped)")
+        rows.append(
+            [name]
+            + [
+                fmt_pm([r["delta_m"] for r in runs[m]], 2) if m in runs else "–"
+                for m in methods[1:]
+            ]
+        )
+    report.table(
+        ["dataset", *methods[1:]],
+        rows,
+        "Summary: Δm (%) of each multi-task method against the single-task models "
+        "(test split; positive = sharing helped)",
+    )
     # Who won, counted from the numbers (mean Δm over seeds).
-    wins = {m: sum(mean_std([r["delta_m"] for r in runs[m]])[0] > 0 for runs in all_runs.values())
-            for m in methods[1:]}
-    report.add("Datasets on which the method's mean Δm is positive: " + "; ".join(
-        f"{m}: {wins[m]} of {len(all_runs)}" for m in methods[1:]) + ".")
+    wins = {
+        m: sum(mean_std([r["delta_m"] for r in runs[m]])[0] > 0 for runs in all_runs.values())
+        for m in methods[1:]
+    }
+    report.add(
+        "Datasets on which the method's mean Δm is positive: "
+        + "; ".join(f"{m}: {wins[m]} of {len(all_runs)}" for m in methods[1:])
+        + "."
+    )
 
 
 def synthetic_plot(report: Report, all_runs: dict) -> None:
@@ -297,8 +365,16 @@ def synthetic_plot(report: Report, all_runs: dict) -> None:
         r2m, r2s, dm, ds = [], [], [], []
         for n in names:
             recs = all_runs[n][method]
-            per_seed = [np.mean([v for k, v in r["metrics"].items()
-                                 if k.startswith("test/") and k.endswith("/r2")]) for r in recs]
+            per_seed = [
+                np.mean(
+                    [
+                        v
+                        for k, v in r["metrics"].items()
+                        if k.startswith("test/") and k.endswith("/r2")
+                    ]
+                )
+                for r in recs
+            ]
             m, s = mean_std(per_seed)
             r2m.append(m)
             r2s.append(s)
@@ -308,8 +384,11 @@ def synthetic_plot(report: Report, all_runs: dict) -> None:
         ax1.errorbar(ps, r2m, yerr=r2s, marker="o", capsize=3, label=method)
         if method != STL:
             ax2.errorbar(ps, dm, yerr=ds, marker="o", capsize=3, label=method)
-    ax1.set(xlabel="task correlation p", ylabel="test R² (mean of 2 tasks)",
-            title="Synthetic (MMoE generator)")
+    ax1.set(
+        xlabel="task correlation p",
+        ylabel="test R² (mean of 2 tasks)",
+        title="Synthetic (MMoE generator)",
+    )
     ax2.axhline(0, color="gray", lw=0.8)
     ax2.set(xlabel="task correlation p", ylabel="Δm % vs single-task", title="Gain from sharing")
     ax1.legend(fontsize=7)
@@ -321,8 +400,9 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     quiet_optuna()
     st = settings(args.smoke, args.out)
-    report = Report("quality", "Model quality: multi-task vs single-task", "bench.quality",
-                    args.out, args.smoke)
+    report = Report(
+        "quality", "Model quality: multi-task vs single-task", "bench.quality", args.out, args.smoke
+    )
     lr_note = f"{st['grid']} learning rates log-spaced in the config's search range"
     report.add(
         f"Budget: {len(st['seeds'])} seeds ({', '.join(map(str, st['seeds']))}) per dataset; "
@@ -356,8 +436,10 @@ def main() -> None:
     report.results = {
         "settings": {"seeds": st["seeds"], "budget": st["budget"], "grid": st["grid"]},
         "datasets": {
-            name: {method: [{k: v for k, v in r.items()} for r in recs]
-                   for method, recs in runs.items()}
+            name: {
+                method: [{k: v for k, v in r.items()} for r in recs]
+                for method, recs in runs.items()
+            }
             for name, runs in all_runs.items()
         },
         "plots": report.results.get("plots", []),

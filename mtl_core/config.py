@@ -45,7 +45,7 @@ class SyntheticConfig(_Strict):
     n_sin: int = Field(10, ge=0, description="m: number of sine terms.")
     noise_std: float = Field(0.1, ge=0)
     binarize: list[str] = Field(
-        default_factory=list, description="Generated targets (y0, y1, ...) to threshold at 0."
+        default_factory=list, description="Generated targets (y0, y1, ...) to split at the median."
     )
     seed: int = 0
 
@@ -269,7 +269,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     """Validate a parsed mapping; errors name ``source`` and the offending keys."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        got = type(raw).__name__
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {got}")
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -91,7 +91,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         elif suffix in (".csv", ".txt") or suffix == ".gz":
             frame = pd.read_csv(path)
         else:
-            raise DataError(f"{path}: expected a .csv or .parquet file, got '{suffix or path.name}'")
+            got = suffix or path.name
+            raise DataError(f"{path}: expected a .csv or .parquet file, got '{got}'")
     except DataError:
         raise
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:

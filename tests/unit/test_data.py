@@ -105,8 +105,11 @@ def test_no_labels_left_names_every_target(tmp_path, state, make_frame, file_con
     ("name", "content", "expected"),
     [
         ("absent.csv", None, "not found"),
-        ("garbage.csv", bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
-         "cannot read data"),
+        (
+            "garbage.csv",
+            bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
+            "cannot read data",
+        ),
         ("fake.parquet", b"a,b\n1,2\n", "cannot read data"),
         ("empty.csv", b"", "cannot read data"),
         ("data.json", b"{}", "expected a .csv or .parquet"),
@@ -303,9 +306,7 @@ def test_task_spec_encodes_and_decodes():
     assert np.isnan(y[1]) and np.isnan(y[3])  # missing and unseen labels are masked
     out = spec.decode(np.array([[0.0, 3.0, 0.0], [5.0, 0.0, 0.0]]))
     assert list(out["kind"]) == ["b", "a"]
-    np.testing.assert_allclose(
-        out["kind_proba_a"] + out["kind_proba_b"] + out["kind_proba_c"], 1.0
-    )
+    np.testing.assert_allclose(out["kind_proba_a"] + out["kind_proba_b"] + out["kind_proba_c"], 1.0)
 
     reg = TaskSpec("mass", "g", "regression", mean=4000.0, std=800.0)
     enc = reg.encode(pd.Series([4800.0, np.nan]))

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from mtl_core.config import LossConfig
@@ -100,7 +99,7 @@ def model() -> MultiTaskNet:
     net = MultiTaskNet(4, {"a": 1, "b": 2}, hidden=[5, 3], norm="layer", head_hidden=2)
     with torch.no_grad():
         # Large biases and norm scales: any penalty that included them would be far off.
-        for name, p in net.named_parameters():
+        for p in net.parameters():
             if p.ndim == 1:
                 p.fill_(7.0)
     return net

@@ -124,8 +124,13 @@ def test_early_stopping_restores_the_best_weights():
     # A wide net at a high learning rate overfits 240 penguins within a few epochs.
     cfg = load_config(
         "penguins",
-        ["model.hidden=[64, 64]", "train.lr=0.03", "train.epochs=200", "train.patience=3",
-         "train.device=cpu"],
+        [
+            "model.hidden=[64, 64]",
+            "train.lr=0.03",
+            "train.epochs=200",
+            "train.patience=3",
+            "train.device=cpu",
+        ],
     )
     data, model, loss, result = _train(cfg)
     assert result.stopped_early

@@ -1,0 +1,1 @@
+"""Tests against the real stack (a package, so that the stack's fixture ends with it)."""

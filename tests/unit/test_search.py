@@ -1,0 +1,240 @@
+"""Search: the sampled space, exact trial counts across resumes, and failed trials."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from mtl_core import search
+from mtl_core.config import flat_params
+from mtl_core.data import prepare
+from mtl_core.errors import ConfigError, SearchError
+
+STUDY = [
+    "search.n_trials=5",
+    "search.sampler=random",
+    "search.pruner=none",
+    "search.trial_epochs=2",
+    "tracking.experiment=unit-search",
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    yield
+    optuna.logging.set_verbosity(level)
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return f"sqlite:///{tmp_path / 'o.db'}"
+
+
+def _states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+# --------------------------------------------------------------------------- space
+
+
+@pytest.mark.parametrize("n_tasks", [1, 2, 3, 5, 8])
+def test_simplex_weights_sum_to_t_and_are_non_negative(n_tasks):
+    rng = np.random.default_rng(n_tasks)
+    for _ in range(200):
+        w = search.simplex_weights(list(rng.random(n_tasks - 1)), n_tasks)
+        assert len(w) == n_tasks
+        assert sum(w) == pytest.approx(n_tasks, abs=1e-9)
+        assert min(w) >= 0.0
+    assert search.simplex_weights([0.0] * (n_tasks - 1), n_tasks)[-1] == pytest.approx(n_tasks)
+
+
+def test_simplex_weights_are_uniform_on_the_simplex():
+    # Dirichlet(1, 1, 1) scaled by T = 3: every weight has mean 1 and P(w_i > 1.5) = 1/4.
+    rng = np.random.default_rng(0)
+    w = np.array([search.simplex_weights(list(rng.random(2)), 3) for _ in range(20000)])
+    np.testing.assert_allclose(w.mean(axis=0), 1.0, atol=0.03)
+    np.testing.assert_allclose((w > 1.5).mean(axis=0), 0.25, atol=0.02)
+
+
+def test_suggest_gives_the_same_keys_in_every_trial(tiny_synthetic):
+    cfg = tiny_synthetic(
+        *STUDY, "search.width=[8, 16]", "search.dropout={low: 0.0, high: 0.3, log: false}"
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    params = [search.suggest(study.ask(), cfg.search, ["a", "b"]) for _ in range(20)]
+    keys = {
+        "tasks.a.weight",
+        "tasks.b.weight",
+        "loss.l1",
+        "loss.l2",
+        "train.lr",
+        "model.width",
+        "model.dropout",
+    }
+    assert all(set(p) == keys for p in params)
+    assert any(p["loss.l1"] == 0.0 for p in params)  # a penalty switched off is logged as 0.0
+    assert any(p["loss.l1"] > 0.0 for p in params)
+    for p in params:
+        assert p["tasks.a.weight"] + p["tasks.b.weight"] == pytest.approx(2.0)
+        assert 1e-4 <= p["train.lr"] <= 1e-2
+        assert p["model.width"] in (8, 16)
+
+
+def test_suggest_with_penalties_off(tiny_synthetic):
+    cfg = tiny_synthetic()
+    trial = optuna.trial.FixedTrial({"weight_u0": 0.25, "l1_on": False, "l2_on": False, "lr": 2e-3})
+    params = search.suggest(trial, cfg.search, ["a", "b"])
+    assert params == {
+        "tasks.a.weight": pytest.approx(0.5),
+        "tasks.b.weight": pytest.approx(1.5),
+        "loss.l1": 0.0,
+        "loss.l2": 0.0,
+        "train.lr": 2e-3,
+    }
+    # Searching neither weights nor penalties leaves only the learning rate.
+    space = cfg.search.model_copy(update={"weights": False, "l1": None, "l2": None})
+    assert search.suggest(optuna.trial.FixedTrial({"lr": 1e-3}), space, ["a", "b"]) == {
+        "train.lr": 1e-3
+    }
+    # One task: no weight to search.
+    assert "tasks.a.weight" not in search.suggest(trial, cfg.search, ["a"])
+
+
+def test_apply_params(tiny_synthetic):
+    cfg = tiny_synthetic("model.hidden=[16, 16]")
+    params = {
+        "tasks.y0_value.weight": 0.5,
+        "tasks.y1_positive.weight": 1.5,
+        "loss.l1": 0.0,
+        "loss.l2": 1e-3,
+        "train.lr": 5e-3,
+        "model.width": 32,
+        "model.dropout": 0.1,
+    }
+    out = search.apply_params(cfg, params)
+    assert out.loss.weights == {"y0_value": 0.5, "y1_positive": 1.5}
+    assert (out.loss.l1, out.loss.l2, out.train.lr) == (0.0, 1e-3, 5e-3)
+    assert out.model.hidden == [32, 32]
+    assert out.model.dropout == 0.1
+    assert cfg.loss.weights is None and cfg.train.lr == 1e-3  # the input is untouched
+    assert flat_params(out).keys() == flat_params(cfg).keys()
+    assert flat_params(out)["tasks.y1_positive.weight"] == "1.5"
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 7])
+def test_split_trials_sums_exactly(n_workers):
+    for remaining in range(0, 30):
+        shares = search.split_trials(remaining, n_workers)
+        assert len(shares) == n_workers
+        assert sum(shares) == remaining
+        assert max(shares) - min(shares) <= 1
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_default_storage_lives_in_the_state_folder(tiny_synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_STATE_DIR", str(tmp_path / "st"))
+    cfg = tiny_synthetic()
+    assert search.resolve_storage(cfg.search) == f"sqlite:///{tmp_path / 'st' / 'optuna.db'}"
+    assert search.resolve_storage(cfg.search, n_workers=2) == str(
+        tmp_path / "st" / "optuna-journal.log"
+    )
+    shared = cfg.search.model_copy(update={"storage": "sqlite:///x.db"})
+    with pytest.raises(ConfigError, match="SQLite is for one process"):
+        search.resolve_storage(shared, n_workers=2)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_study_resumes_to_exactly_n_trials(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    assert search.run_worker(cfg, data, storage, 3, device="cpu") == 3
+    study = search.open_study(cfg, storage)
+    assert study.study_name == "unit-search"
+    remaining = cfg.search.n_trials - search.finished_trials(study)
+    assert remaining == 2
+    assert search.run_worker(cfg, data, storage, remaining, device="cpu") == 2
+    study = search.open_study(cfg, storage)
+    assert search.finished_trials(study) == 5
+    assert _states(study) == ["COMPLETE"] * 5
+    assert search.run_worker(cfg, data, storage, 0) == 0
+    best = search.best_trial(study)
+    assert best.value == min(t.value for t in study.trials)
+    assert best.user_attrs["epochs_run"] == 2
+    assert set(best.user_attrs["params"]) >= {"tasks.y0_value.weight", "train.lr"}
+    rows = search.top_trials(study, k=3)
+    assert [r["val_objective"] for r in rows] == sorted(t.value for t in study.trials)[:3]
+
+
+class _Recorder:
+    def __init__(self, events, number):
+        self.events, self.number = events, number
+
+    def log_epoch(self, log):
+        self.events.append((self.number, "epoch", log.epoch))
+
+    def finish(self, state, metrics, reason):
+        self.events.append((self.number, state, reason))
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(tiny_synthetic, storage, monkeypatch):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    calls = []
+    real_fit = search.fit
+
+    def flaky_fit(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in trial 1")
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(search, "fit", flaky_fit)
+    events = []
+    ran = search.run_worker(
+        cfg,
+        data,
+        storage,
+        3,
+        device="cpu",
+        logger_factory=lambda number, params: _Recorder(events, number),
+    )
+    study = search.open_study(cfg, storage)
+    assert ran == 3
+    assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert study.trials[1].user_attrs["fail_reason"] == "RuntimeError: boom in trial 1"
+    assert search.finished_trials(study) == 3
+    assert search.best_trial(study).number in (0, 2)
+    assert (1, "FAILED", "RuntimeError: boom in trial 1") in events
+    assert (0, "COMPLETE", None) in events and (2, "COMPLETE", None) in events
+    assert [e for e in events if e[0] == 0 and e[1] == "epoch"] == [
+        (0, "epoch", 1),
+        (0, "epoch", 2),
+    ]
+
+
+def test_best_trial_of_an_all_failed_study_names_the_reason(tiny_synthetic, storage):
+    # Plain SGD at lr >= 1e6 without clipping overflows in the first epoch, every trial.
+    cfg = tiny_synthetic(
+        *STUDY,
+        "train.optimizer=sgd",
+        "train.grad_clip=null",
+        "search.lr={low: 1.0e6, high: 1.0e7}",
+    )
+    data = prepare(cfg.data)
+    assert search.run_worker(cfg, data, storage, 2, device="cpu") == 2
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["fail_reason"].startswith("NonFiniteLossError") for t in study.trials)
+    with pytest.raises(SearchError) as info:
+        search.best_trial(study)
+    msg = str(info.value)
+    assert "unit-search" in msg
+    assert "no trial completed (2 failed" in msg
+    assert "NonFiniteLossError: loss became non-finite in epoch 1" in msg
