@@ -201,7 +201,7 @@ class Report:
             f"- wall time of this benchmark: {seconds:.0f} s; load average at the end {load}",
             "",
         ]
-        md = "\n".join(header) + "\n\n".join(self.parts) + "\n"
+        md = "\n".join(header) + "\n" + "\n\n".join(self.parts) + "\n"
         path = self.out / f"{self.name}.md"
         path.write_text(md)
         payload = {

@@ -184,7 +184,9 @@ def _relink(markdown: str, prefix: str) -> str:
 
 
 def _strip_title(markdown: str) -> str:
-    return "\n".join(markdown.splitlines()[1:]).strip("\n")
+    """Drop the report's own heading (the page gives one) and end its header list cleanly."""
+    body = "\n".join(markdown.splitlines()[1:]).strip("\n")
+    return re.sub(r"^(- wall time[^\n]*)\n(?!\n)", r"\1\n\n", body, flags=re.M)
 
 
 def assemble(out: Path, page: Path) -> Path:

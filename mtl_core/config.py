@@ -212,12 +212,13 @@ class ExperimentConfig(_Strict):
 def _format_errors(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         got = "" if e["type"] in ("missing", "value_error") else f" (got {e.get('input')!r})"
         if e["type"] == "extra_forbidden":
             msg, got = "unknown key", ""
-        parts.append(f"key '{key}': {msg}{got}")
+        # A whole-config check names its keys in the message itself.
+        parts.append(f"key '{key}': {msg}{got}" if key else f"{msg}{got}")
     return "; ".join(parts)
 
 

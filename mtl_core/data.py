@@ -339,6 +339,9 @@ def prepare(cfg: DataConfig) -> PreparedData:
 def prepare_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> PreparedData:
     """:func:`prepare` on a frame already in memory; ``source`` names it in errors."""
     targets = [t.column for t in cfg.tasks]
+    shared = sorted({c for c in targets if targets.count(c) > 1})
+    if shared:
+        raise DataError(f"{source}: column(s) {shared} are the target of more than one task")
     wanted = targets + (cfg.features or [])
     missing = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
     if missing:

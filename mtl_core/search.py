@@ -301,15 +301,18 @@ def run_worker(
     if n_trials <= 0:
         return 0
     study = open_study(cfg, storage_url)
-    before = len(study.get_trials(deepcopy=False))
+    ran = []  # trials of this worker only; others may share the study
+    callbacks = [lambda study, trial: ran.append(trial.number)]
+    if progress:
+        callbacks.append(progress)
     study.optimize(
         make_objective(cfg, data, device, logger_factory),
         n_trials=n_trials,
         timeout=timeout_s,
         catch=(Exception,),
-        callbacks=[progress] if progress else None,
+        callbacks=callbacks,
     )
-    return len(study.get_trials(deepcopy=False)) - before
+    return len(ran)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -120,9 +120,10 @@ def split_losses(
             sums[i] += (per_row * mask).sum()
             counts[i] += mask.sum()
     model.train(was_training)
-    values = (sums / counts.clamp_min(1)).tolist()
+    # A task with no label in this split has no loss (NaN) and stays out of the objective.
+    values = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan).tolist()
     per_task = dict(zip(names, values, strict=True))
-    return float(np.mean(values)), per_task
+    return float(np.nanmean(values)), per_task
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

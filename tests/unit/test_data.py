@@ -133,6 +133,16 @@ def test_feature_that_is_also_a_target_is_rejected(tmp_path, make_frame, file_co
         prepare(file_config(path, features=["x1", "yr"]))
 
 
+def test_two_tasks_on_one_target_column_are_rejected(tmp_path, make_frame, file_config):
+    path = _write_csv(tmp_path / "d.csv", make_frame(40))
+    tasks = [
+        {"name": "a", "column": "yr", "type": "regression"},
+        {"name": "b", "column": "yr", "type": "regression"},
+    ]
+    with pytest.raises(DataError, match=r"\['yr'\] are the target of more than one task"):
+        prepare(file_config(path, tasks=tasks))
+
+
 # --------------------------------------------------------------------------- file sources
 
 

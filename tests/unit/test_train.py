@@ -247,3 +247,18 @@ def test_bf16_training_on_cuda():
     m = evaluate(model, data, device="cuda")
     # The CPU float32 run reaches 0.981; bf16 autocast should not lose much.
     assert m["test/species/accuracy"] > 0.85
+
+
+def test_a_task_without_labels_in_a_split_stays_out_of_the_objective(tiny_synthetic):
+    data, model, loss = _setup(tiny_synthetic())
+    val = DeviceSplit.from_split(data.splits["val"], torch.device("cpu"))
+    first, second = list(val.y)
+    full_objective, full = split_losses(model, val, loss)
+    val.y[second] = torch.full_like(val.y[second], float("nan"))
+
+    objective, per_task = split_losses(model, val, loss)
+
+    assert np.isnan(per_task[second])
+    assert per_task[first] == pytest.approx(full[first])
+    assert objective == pytest.approx(full[first])  # the mean of the tasks that have labels
+    assert objective != pytest.approx(full_objective)
