@@ -68,6 +68,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
+    import pandas as pd
+
     from mtl_core import tracking
     from mtl_core.data import read_table
 
@@ -84,7 +86,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _fail(f"model '{args.model_uri}': cannot load ({first})")
-    preds = model.predict(rows)
+    # The model's signature declares numeric features as double, so that rows with missing
+    # values are accepted; MLflow will not cast int64 to double by itself.
+    ints = [c for c in rows.columns if pd.api.types.is_integer_dtype(rows[c])]
+    rows = rows.astype(dict.fromkeys(ints, "float64"))
+    try:
+        preds = model.predict(rows)
+    except MlflowException as exc:
+        reason = str(exc).rsplit("Error: ", 1)[-1].strip().splitlines()[0]
+        return _fail(f"{args.input}: rows do not match the model's input schema ({reason})")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out, index=False)

@@ -135,6 +135,19 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
     assert len(preds) == 3
     assert preds["cls"].isin([0, 1]).all() and preds["cls_proba"].between(0, 1).all()
 
+    # Rows without the model's features: one line naming the file and the missing columns.
+    rows.drop(columns=["x3"]).to_csv(tmp_path / "short.csv", index=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "predict", "--model-uri", "models:/tiny@champion",
+         "--input", str(tmp_path / "short.csv"), "--output", str(tmp_path / "short-out.csv")],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mtl: error: {tmp_path / 'short.csv'}: rows do not match the model's input schema "
+        "(Model is missing inputs ['x3'].)"
+    ]
+
 
 def test_rerun_resumes_the_study(prefect_harness, mlflow_store, tmp_path):
     config = write_config(tmp_path, search={"n_trials": 3})
