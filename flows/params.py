@@ -54,7 +54,7 @@ class PipelineParams(BaseModel):
         description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.",
     )
     overrides: list[str] = Field(
-        default_factory=list,
+        [],  # a literal default (pydantic copies it per instance) shows in the form's schema
         max_length=50,
         description="Further config overrides as key=value, e.g. loss.penalty_scope=all.",
     )

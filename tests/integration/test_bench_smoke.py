@@ -23,7 +23,10 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-smoke")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run_all", "--smoke", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     reports = {n: json.loads((out / f"{n}.json").read_text()) for n in SCRIPTS}
@@ -65,8 +68,11 @@ def test_speed_ratios_are_positive_and_finite(smoke):
     assert all(finite_positive(p["ms_per_step"]) for p in scaling["by_tasks"])
     gpu = r["gpu_throughput"]["results"]
     assert not gpu["imported_forbidden"], "the GPU benchmark must not import prefect/mlflow/optuna"
-    assert all(finite_positive(v["fit_samples_s"]) for k, v in gpu["by_setting"].items()
-               if "/plain" not in k)
+    assert all(
+        finite_positive(v["fit_samples_s"])
+        for k, v in gpu["by_setting"].items()
+        if "/plain" not in k
+    )
 
 
 def test_quality_numbers_are_sane(smoke):
@@ -74,8 +80,12 @@ def test_quality_numbers_are_sane(smoke):
     datasets = r["quality"]["results"]["datasets"]
     assert {"synthetic p=0.5", "synthetic p=0.9", "synthetic p=1.0", "penguins"} <= set(datasets)
     for name, runs in datasets.items():
-        assert {"single-task (lr grid)", "MTL equal weights", "MTL tuned (TPE + median pruner)",
-                "MTL random search"} <= set(runs), name
+        assert {
+            "single-task (lr grid)",
+            "MTL equal weights",
+            "MTL tuned (TPE + median pruner)",
+            "MTL random search",
+        } <= set(runs), name
         for method, recs in runs.items():
             assert len(recs) == 2, (name, method)  # two seeds in the smoke run
             for rec in recs:

@@ -34,7 +34,8 @@ def test_mlflow_parent_run_links_back_to_the_prefect_run(stack, pipeline_run):
     assert tags["prefect.flow_run_name"] == "servers-main"
     url = tags["prefect.flow_run_url"]
     assert url.startswith(stack.ui + "/") and url.endswith(pipeline_run.id)
-    assert httpx.get(url, timeout=30).status_code == 200  # the Prefect UI serves it
+    page = httpx.get(url, headers={"Accept": "text/html"}, timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower()  # the Prefect UI
     assert parent.data.params["search.n_trials"] == "6"
     assert parent.data.params["search.n_workers"] == "2"
 

@@ -4,6 +4,7 @@ Both tests stop only the MLflow server (``infra/local/down mlflow``) while a
 deployment run is in its search, and always start it again.
 """
 
+import copy
 import time
 
 import pytest
@@ -28,14 +29,18 @@ def _state(stack, run_id: str) -> str:
     return stack.prefect("GET", f"/flow_runs/{run_id}").json()["state_type"]
 
 
-def test_run_rides_out_a_short_mlflow_outage(stack, deployment, tiny_config):
+def test_scheduled_run_rides_out_a_short_mlflow_outage(stack, deployment):
     experiment = "servers-blip"
-    params = run_params(tiny_config, experiment=experiment, n_trials=6, **SLOW_TRIALS)
+    nightly = next(s for s in deployment.data["schedules"] if s["slug"] == "nightly")
+    params = copy.deepcopy(nightly["parameters"])  # what the scheduler starts runs with
+    params["params"].update(experiment=experiment, n_trials=6, **SLOW_TRIALS)
     resp = trigger(stack, deployment, experiment, params)
     assert resp.status_code == 201, resp.text
     run_id = resp.json()["id"]
     wait_until(lambda: parent_run(stack, experiment, run_id), 180, "the MLflow parent run")
 
+    worker_log = stack.dir / "logs" / "worker.log"  # flow runs' output lands here
+    seen = worker_log.stat().st_size
     stack.infra("down", "mlflow")
     try:
         during = _state(stack, run_id)
@@ -46,10 +51,16 @@ def test_run_rides_out_a_short_mlflow_outage(stack, deployment, tiny_config):
 
     final = wait_for_final(stack, run_id)
     assert final["state_type"] == "COMPLETED", final["state"]["message"]
+    with open(worker_log, errors="replace") as f:
+        f.seek(seen)
+        assert "Connection refused" in f.read()  # the run did call MLflow while it was down
     parent = parent_run(stack, experiment, run_id)
     assert parent.info.status == "FINISHED"
     assert len(child_runs(stack, parent)) == 6  # every trial's child run made it
-    study = load_study(stack, experiment)
+    # A scheduled run searches in a study of its own (new_study), not the experiment's.
+    study_name = parent.data.params["search.study_name"]
+    assert study_name.startswith(f"{experiment}-") and load_study(stack, experiment) is None
+    study = load_study(stack, study_name)
     assert len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]) == 6
     champion = stack.mlflow_client().get_model_version_by_alias(experiment, "champion")
     assert champion.run_id == parent.info.run_id
