@@ -106,9 +106,9 @@ def fmt(x: float | None, digits: int = 4) -> str:
         return "–"
     if isinstance(x, int):
         return f"{x:,}"
-    if abs(x) >= 1e5:
+    if abs(x) >= 1e5 or digits == 0:
         return f"{x:,.0f}"
-    return f"{x:.{digits}f}"
+    return f"{x:,.{digits}f}"
 
 
 def fmt_pm(values: Sequence[float], digits: int = 4) -> str:

@@ -204,6 +204,7 @@ def _categorical_frame(rows: pd.DataFrame, categorical: list[str], cats: dict) -
     out = rows.copy()
     for c in categorical:
         values = out[c].astype(object).where(out[c].notna(), "<missing>").astype(str)
+        values = values.where(values.isin(cats[c]))  # a level unseen in training is missing
         out[c] = pd.Categorical(values, categories=cats[c])
     return out
 
@@ -303,7 +304,7 @@ def dataset_table(report: Report, name: str, data: PreparedData, runs: dict, sec
         cells += [
             fmt_pm([r["delta_m"] for r in recs], 2),
             fmt_pm([r["metrics"].get("test/objective", float("nan")) for r in recs]),
-            fmt_pm([r["epochs"] for r in recs], 0),
+            fmt_pm([r["epochs"] for r in recs], 0) if method != HGB else "–",
             fmt_pm([r["seconds"] for r in recs], 1),
         ]
         rows.append(cells)

@@ -42,6 +42,7 @@ from mtl_core.config import (
     resolve_config_path,
 )
 from mtl_core.data import PreparedData, prepare
+from mtl_core.errors import MTLError
 from mtl_core.losses import build_loss
 from mtl_core.metrics import delta_m, evaluate
 from mtl_core.model import MultiTaskNet, build_model
@@ -165,9 +166,16 @@ def search_worker(
     client = tracking.get_client()
     base = {k: v for k, v in flat_params(cfg).items() if not k.startswith("tasks.")}
 
+    unreachable: list[str] = []  # set when the tracking server stops answering
+
     def trial_logger(number: int, params: dict[str, Any]) -> tracking.MlflowTrialLogger:
-        return tracking.MlflowTrialLogger(client, parent.experiment_id, parent.run_id, number,
-                                          params, base_params=base)
+        try:
+            return tracking.MlflowTrialLogger(
+                client, parent.experiment_id, parent.run_id, number, params, base_params=base
+            )
+        except Exception as exc:
+            unreachable.append(f"{type(exc).__name__}: {exc}")
+            raise
 
     total = cfg.search.n_trials
 
@@ -180,10 +188,19 @@ def search_worker(
         reason = trial.user_attrs.get("fail_reason")
         print(f"trial {trial.number} {trial.state.name.lower()}: {done}/{total} done, best {best}"
               + (f" ({reason})" if reason else ""))
+        if log_error := trial.user_attrs.get("log_error"):
+            unreachable.append(log_error)
+            print(f"trial {trial.number} could not be recorded in MLflow ({log_error})")
+        if unreachable:
+            # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
+            study.stop()
 
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
-    return search.run_worker(cfg, data, storage_url, n_trials, timeout, cfg.train.device,
-                             trial_logger, progress, torch_threads)
+    ran = search.run_worker(cfg, data, storage_url, n_trials, timeout, cfg.train.device,
+                            trial_logger, progress, torch_threads)
+    if unreachable:
+        raise MTLError(f"search stopped: the tracking server did not answer ({unreachable[0]})")
+    return ran
 
 
 @task(name="train-final", cache_policy=NO_CACHE)
@@ -303,7 +320,8 @@ def publish_artifacts(
     create_link_artifact(link=parent.url, link_text="MLflow parent run", key="mlflow-run")
 
 
-@task(name="mark-parent-failed", cache_policy=NO_CACHE, **SERVER_RETRIES)
+# One retry only: when the tracking server is what failed, the run should end promptly.
+@task(name="mark-parent-failed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def mark_failed(parent: ParentRun, error: BaseException) -> None:
     """Mark the parent run FAILED (never FINISHED) with the error as a tag."""
     client = tracking.get_client()

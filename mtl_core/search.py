@@ -208,6 +208,26 @@ def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentCon
 # --------------------------------------------------------------------------- running
 
 
+def _close(
+    trial: optuna.Trial,
+    logger: TrialLogger | None,
+    state: str,
+    metrics: dict[str, float],
+    reason: str | None,
+) -> None:
+    """End the trial's log; a logging failure is kept as ``log_error``, never the outcome.
+
+    The trial's result stands on its own: a tracking server that is down must not turn a
+    finished trial into a failed one. The caller sees ``log_error`` and may stop the search.
+    """
+    if logger is None:
+        return
+    try:
+        logger.finish(state, metrics, reason)
+    except Exception as exc:
+        trial.set_user_attr("log_error", f"{type(exc).__name__}: {exc}")
+
+
 def make_objective(
     cfg: ExperimentConfig,
     data: PreparedData,
@@ -221,7 +241,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg.search, tasks)
         trial.set_user_attr("params", params)
-        logger = logger_factory(trial.number, params) if logger_factory else None
+        logger: TrialLogger | None = None
 
         def report(log: EpochLog) -> None:
             if logger is not None:
@@ -231,6 +251,8 @@ def make_objective(
                 raise optuna.TrialPruned(f"pruned at epoch {log.epoch}")
 
         try:
+            if logger_factory is not None:
+                logger = logger_factory(trial.number, params)
             trial_cfg = apply_params(cfg, params)
             model = build_model(
                 trial_cfg.model, data.preprocessor.n_inputs, data.out_dims, trial_cfg.train.seed
@@ -256,21 +278,18 @@ def make_objective(
                 }
             )
         except optuna.TrialPruned as exc:
-            if logger is not None:
-                logger.finish("PRUNED", {}, str(exc))
+            _close(trial, logger, "PRUNED", {}, str(exc))
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
-            if logger is not None:
-                logger.finish("FAILED", {}, reason)
+            _close(trial, logger, "FAILED", {}, reason)
             if isinstance(exc, MTLError):
                 return math.nan  # an expected failure: Optuna records FAIL without a traceback
             raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", result.epochs_run)
-        if logger is not None:
-            logger.finish("COMPLETE", metrics, None)
+        _close(trial, logger, "COMPLETE", metrics, None)
         return result.best_val_objective
 
     return objective

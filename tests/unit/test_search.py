@@ -238,3 +238,21 @@ def test_best_trial_of_an_all_failed_study_names_the_reason(tiny_synthetic, stor
     assert "unit-search" in msg
     assert "no trial completed (2 failed" in msg
     assert "NonFiniteLossError: loss became non-finite in epoch 1" in msg
+
+
+class _DeadTracker(_Recorder):
+    def finish(self, state, metrics, reason):
+        raise ConnectionError("tracking server gone")
+
+
+def test_a_trial_that_cannot_be_logged_keeps_its_outcome(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    search.run_worker(
+        cfg, data, storage, 2, device="cpu", logger_factory=lambda n, p: _DeadTracker([], n)
+    )
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:
+        assert trial.value is not None
+        assert trial.user_attrs["log_error"] == "ConnectionError: tracking server gone"
