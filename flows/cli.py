@@ -66,9 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score a CSV or Parquet file with a registered (or any) MLflow model URI."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
     from mtl_core import tracking
     from mtl_core.data import read_table

@@ -114,8 +114,12 @@ def prepare_data(data_cfg: DataConfig) -> PreparedData:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
-            timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -148,8 +152,14 @@ def start_parent_run(cfg: ExperimentConfig, data: PreparedData, config_file: str
     run_id = tracking.start_run(client, exp_id, run_name, tags)
     tracking.log_params(client, run_id, flat_params(cfg))
     train_rows = data.splits["train"].rows
-    tracking.log_dataset(client, run_id, train_rows, name=Path(data.source).name,
-                         source=data.source, digest=data.fingerprint)
+    tracking.log_dataset(
+        client,
+        run_id,
+        train_rows,
+        name=Path(data.source).name,
+        source=data.source,
+        digest=data.fingerprint,
+    )
     return ParentRun(exp_id, run_id, _run_url(client.tracking_uri, exp_id, run_id))
 
 
@@ -186,8 +196,10 @@ def search_worker(
         except ValueError:
             best = "none yet"
         reason = trial.user_attrs.get("fail_reason")
-        print(f"trial {trial.number} {trial.state.name.lower()}: {done}/{total} done, best {best}"
-              + (f" ({reason})" if reason else ""))
+        print(
+            f"trial {trial.number} {trial.state.name.lower()}: {done}/{total} done, best {best}"
+            + (f" ({reason})" if reason else "")
+        )
         if log_error := trial.user_attrs.get("log_error"):
             unreachable.append(log_error)
             print(f"trial {trial.number} could not be recorded in MLflow ({log_error})")
@@ -196,8 +208,17 @@ def search_worker(
             study.stop()
 
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
-    ran = search.run_worker(cfg, data, storage_url, n_trials, timeout, cfg.train.device,
-                            trial_logger, progress, torch_threads)
+    ran = search.run_worker(
+        cfg,
+        data,
+        storage_url,
+        n_trials,
+        timeout,
+        cfg.train.device,
+        trial_logger,
+        progress,
+        torch_threads,
+    )
     if unreachable:
         raise MTLError(f"search stopped: the tracking server did not answer ({unreachable[0]})")
     return ran
@@ -207,9 +228,13 @@ def search_worker(
 def train_final(cfg: ExperimentConfig, data: PreparedData) -> FinalModel:
     """Retrain on the train split with the best params, early-stopping on val."""
     spec = {
-        "in_dim": data.preprocessor.n_inputs, "out_dims": data.out_dims,
-        "hidden": list(cfg.model.hidden), "activation": cfg.model.activation,
-        "dropout": cfg.model.dropout, "norm": cfg.model.norm, "head_hidden": cfg.model.head_hidden,
+        "in_dim": data.preprocessor.n_inputs,
+        "out_dims": data.out_dims,
+        "hidden": list(cfg.model.hidden),
+        "activation": cfg.model.activation,
+        "dropout": cfg.model.dropout,
+        "norm": cfg.model.norm,
+        "head_hidden": cfg.model.head_hidden,
     }
     net = build_model(cfg.model, spec["in_dim"], spec["out_dims"], cfg.train.seed)
     loss = build_loss(cfg.loss, {t.name: t.type for t in data.tasks})
@@ -231,8 +256,13 @@ def run_baselines(cfg: ExperimentConfig, data: PreparedData) -> BaselineResult:
 
 @task(name="log-results", cache_policy=NO_CACHE, **SERVER_RETRIES)
 def log_results(
-    parent: ParentRun, final: FinalModel, data: PreparedData, metrics: dict[str, float],
-    baselines: BaselineResult | None, storage_url: str, best_number: int,
+    parent: ParentRun,
+    final: FinalModel,
+    data: PreparedData,
+    metrics: dict[str, float],
+    baselines: BaselineResult | None,
+    storage_url: str,
+    best_number: int,
 ) -> dict[str, float]:
     """Final and baseline metrics, best params and figures on the parent run."""
     client = tracking.get_client()
@@ -243,15 +273,21 @@ def log_results(
         out["val/delta_m"] = delta_m(metrics, baselines.metrics, data.tasks, "val")
     out["final/best_epoch"] = final.fit.best_epoch
     tracking.log_metrics(client, parent.run_id, out)
-    best = {f"best.{k}": v for k, v in flat_params(final.cfg).items()
-            if k.startswith(("tasks.", "loss.", "train.lr", "model."))}
+    best = {
+        f"best.{k}": v
+        for k, v in flat_params(final.cfg).items()
+        if k.startswith(("tasks.", "loss.", "train.lr", "model."))
+    }
     tracking.log_params(client, parent.run_id, {**best, "best.trial": best_number})
     study = search.open_study(final.cfg, storage_url)
-    figs = {"figures/optimization_history.png": figures.optimization_history(study),
-            "figures/param_importances.png": figures.param_importances(study)}
+    figs = {
+        "figures/optimization_history.png": figures.optimization_history(study),
+        "figures/param_importances.png": figures.param_importances(study),
+    }
     if baselines is not None:
         figs["figures/test_metrics_vs_baselines.png"] = figures.mtl_vs_baselines(
-            data.tasks, metrics, baselines.metrics)
+            data.tasks, metrics, baselines.metrics
+        )
     for name, fig in figs.items():
         if fig is not None:
             client.log_figure(parent.run_id, fig, name)
@@ -268,28 +304,46 @@ def register_model(
     name = final.cfg.tracking.registered_model
     example = data.splits["test"].rows.head(5)
     version = tracking.log_model_version(
-        client, parent.run_id,
+        client,
+        parent.run_id,
         lambda path: save_pyfunc(path, final.net, final.spec, data.preprocessor, example),
-        name, tags={tracking.SCORE_TAG: repr(test_objective),
-                    "dataset.fingerprint": data.fingerprint},
+        name,
+        tags={tracking.SCORE_TAG: repr(test_objective), "dataset.fingerprint": data.fingerprint},
     )
     decision = tracking.promote(client, name, version, test_objective)
-    tracking.set_tags(client, parent.run_id, {
-        "promotion.decision": decision.alias, "promotion.summary": decision.describe(),
-        "model.uri": f"models:/{name}/{version}",
-    })
-    tracking.log_metrics(client, parent.run_id, {
-        "promotion/new_test_objective": decision.new_score,
-        **({"promotion/champion_test_objective": decision.champion_score}
-           if decision.champion_score is not None else {}),
-    })
+    tracking.set_tags(
+        client,
+        parent.run_id,
+        {
+            "promotion.decision": decision.alias,
+            "promotion.summary": decision.describe(),
+            "model.uri": f"models:/{name}/{version}",
+        },
+    )
+    tracking.log_metrics(
+        client,
+        parent.run_id,
+        {
+            "promotion/new_test_objective": decision.new_score,
+            **(
+                {"promotion/champion_test_objective": decision.champion_score}
+                if decision.champion_score is not None
+                else {}
+            ),
+        },
+    )
     return decision
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(
-    parent: ParentRun, cfg: ExperimentConfig, metrics: dict[str, float], best_number: int,
-    best_value: float, decision: tracking.Promotion, top: list[dict[str, Any]],
+    parent: ParentRun,
+    cfg: ExperimentConfig,
+    metrics: dict[str, float],
+    best_number: int,
+    best_value: float,
+    decision: tracking.Promotion,
+    top: list[dict[str, Any]],
 ) -> None:
     """Prefect artifacts: a markdown summary, the top-trials table, a link to MLflow."""
     tasks = cfg.task_names
@@ -298,23 +352,30 @@ def publish_artifacts(
         keys = sorted(k for k in metrics if k.startswith(f"test/{t}/"))
         for k in keys:
             base = metrics.get(f"baseline/{k}")
-            rows.append(f"| {t} | {k.split('/')[-1]} | {metrics[k]:.4f} | "
-                        f"{'' if base is None else f'{base:.4f}'} |")
+            rows.append(
+                f"| {t} | {k.split('/')[-1]} | {metrics[k]:.4f} | "
+                f"{'' if base is None else f'{base:.4f}'} |"
+            )
     dm = metrics.get("test/delta_m")
-    md = "\n".join([
-        f"# {cfg.tracking.experiment}: multi-task pipeline summary",
-        f"- best trial: **#{best_number}**, val objective {best_value:.4f}",
-        f"- test objective: {metrics['test/objective']:.4f}",
-        "- delta_m vs single-task baselines: "
-        + (f"**{dm:+.2f}%** ({'sharing helped' if dm > 0 else 'sharing did not help'})"
-           if dm is not None else "baselines off"),
-        f"- promotion: {decision.describe()}",
-        f"- MLflow parent run: [{parent.run_id}]({parent.url})",
-        "",
-        "| task | metric | multi-task (test) | single-task (test) |",
-        "|---|---|---|---|",
-        *rows,
-    ])
+    md = "\n".join(
+        [
+            f"# {cfg.tracking.experiment}: multi-task pipeline summary",
+            f"- best trial: **#{best_number}**, val objective {best_value:.4f}",
+            f"- test objective: {metrics['test/objective']:.4f}",
+            "- delta_m vs single-task baselines: "
+            + (
+                f"**{dm:+.2f}%** ({'sharing helped' if dm > 0 else 'sharing did not help'})"
+                if dm is not None
+                else "baselines off"
+            ),
+            f"- promotion: {decision.describe()}",
+            f"- MLflow parent run: [{parent.run_id}]({parent.url})",
+            "",
+            "| task | metric | multi-task (test) | single-task (test) |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
     create_markdown_artifact(markdown=md, key="mtl-summary", description="Pipeline summary")
     create_table_artifact(table=top, key="mtl-top-trials", description="Best trials")
     create_link_artifact(link=parent.url, link_text="MLflow parent run", key="mlflow-run")
@@ -344,8 +405,10 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[
     shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
     logger = get_run_logger()
     shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)  # no password in logs
-    logger.info(f"study '{study.study_name}' at {shown}: {remaining} trial(s) to run "
-                f"on {len(shares)} worker(s)")
+    logger.info(
+        f"study '{study.study_name}' at {shown}: {remaining} trial(s) to run "
+        f"on {len(shares)} worker(s)"
+    )
     if len(shares) == 1:
         search_worker(cfg, data, storage_url, shares[0], parent)
     elif shares:
@@ -358,10 +421,17 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[
         )
         with runner:
             futures = [
-                runner.submit(search_worker, parameters={
-                    "cfg": cfg, "data": data, "storage_url": storage_url, "n_trials": n,
-                    "parent": parent, "torch_threads": threads,
-                })
+                runner.submit(
+                    search_worker,
+                    parameters={
+                        "cfg": cfg,
+                        "data": data,
+                        "storage_url": storage_url,
+                        "n_trials": n,
+                        "parent": parent,
+                        "torch_threads": threads,
+                    },
+                )
                 for n in shares
             ]
             for fut in futures:
@@ -389,8 +459,9 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
         baselines = run_baselines(best_cfg, data) if cfg.baselines else None
         metrics = log_results(parent, final, data, metrics, baselines, storage_url, best.number)
         decision = register_model(parent, final, data, metrics["test/objective"])
-        publish_artifacts(parent, cfg, metrics, best.number, best.value, decision,
-                          search.top_trials(study))
+        publish_artifacts(
+            parent, cfg, metrics, best.number, best.value, decision, search.top_trials(study)
+        )
     except BaseException as exc:
         try:
             mark_failed(parent, exc)

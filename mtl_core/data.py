@@ -48,9 +48,7 @@ def make_synthetic(cfg: SyntheticConfig) -> pd.DataFrame:
         A frame with features ``x0..x{d-1}`` and targets ``y0..y{T-1}``.
     """
     if cfg.n_tasks > cfg.dim:
-        raise DataError(
-            f"data.synthetic: n_tasks ({cfg.n_tasks}) must not exceed dim ({cfg.dim})"
-        )
+        raise DataError(f"data.synthetic: n_tasks ({cfg.n_tasks}) must not exceed dim ({cfg.dim})")
     rng = np.random.default_rng(cfg.seed)
     q, _ = np.linalg.qr(rng.standard_normal((cfg.dim, cfg.n_tasks)))
     u = q.T  # (T, d), orthonormal rows
@@ -64,8 +62,10 @@ def make_synthetic(cfg: SyntheticConfig) -> pd.DataFrame:
     frame = pd.DataFrame(x, columns=[f"x{j}" for j in range(cfg.dim)])
     for i, wi in enumerate(w):
         z = x @ wi  # (N,)
-        y = z + np.sin(np.outer(z, a) + b).sum(axis=1) + cfg.noise_std * rng.standard_normal(
-            cfg.n_rows
+        y = (
+            z
+            + np.sin(np.outer(z, a) + b).sum(axis=1)
+            + cfg.noise_std * rng.standard_normal(cfg.n_rows)
         )
         name = f"y{i}"
         frame[name] = (y > np.median(y)).astype(np.int64) if name in cfg.binarize else y
@@ -237,9 +237,7 @@ class PreparedData:
         """A view holding one task, for single-task baselines."""
         spec = [t for t in self.tasks if t.name == task]
         pre = Preprocessor(**{**self.preprocessor.__dict__, "tasks": spec})
-        splits = {
-            k: Split(X=s.X, y={task: s.y[task]}, rows=s.rows) for k, s in self.splits.items()
-        }
+        splits = {k: Split(X=s.X, y={task: s.y[task]}, rows=s.rows) for k, s in self.splits.items()}
         return PreparedData(pre, splits, self.fingerprint, self.source, self.n_rows)
 
 
@@ -296,7 +294,9 @@ def _split(frame: pd.DataFrame, cfg: DataConfig, tasks: list[TaskSpec]) -> dict[
         )
         rest_strat = strat.loc[rest.index] if strat is not None else None
         val, test = train_test_split(
-            rest, test_size=cfg.test_fraction / holdout, random_state=cfg.split_seed,
+            rest,
+            test_size=cfg.test_fraction / holdout,
+            random_state=cfg.split_seed,
             stratify=rest_strat,
         )
     except ValueError:
@@ -311,8 +311,9 @@ def _split(frame: pd.DataFrame, cfg: DataConfig, tasks: list[TaskSpec]) -> dict[
 def _build_transformer(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
     parts = []
     if numeric:
-        parts.append(("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
-                      numeric))
+        parts.append(
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)
+        )
     if categorical:
         parts.append(
             ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)
@@ -378,8 +379,9 @@ def prepare_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Prepared
             t.mean = float(y.mean()) if y.notna().any() else 0.0
             std = float(y.std()) if y.notna().sum() > 1 else 1.0
             t.std = std if std > 0 else 1.0
-    pre = Preprocessor(features, numeric, categorical, _build_transformer(numeric, categorical),
-                       tasks)
+    pre = Preprocessor(
+        features, numeric, categorical, _build_transformer(numeric, categorical), tasks
+    )
     train_cols = parts["train"][features].copy()
     for c in categorical:
         train_cols[c] = _as_category(train_cols[c])

@@ -69,7 +69,8 @@ class MultiTaskNet(nn.Module):
         for name, out in out_dims.items():
             if head_hidden:
                 self.heads[name] = nn.Sequential(
-                    nn.Linear(width, head_hidden), ACTIVATIONS[activation](),
+                    nn.Linear(width, head_hidden),
+                    ACTIVATIONS[activation](),
                     nn.Linear(head_hidden, out),
                 )
             else:
@@ -93,6 +94,11 @@ def build_model(cfg: ModelConfig, in_dim: int, out_dims: dict[str, int], seed: i
     """Build a seeded :class:`MultiTaskNet` from a model config section."""
     torch.manual_seed(seed)
     return MultiTaskNet(
-        in_dim, out_dims, hidden=cfg.hidden, activation=cfg.activation, dropout=cfg.dropout,
-        norm=cfg.norm, head_hidden=cfg.head_hidden,
+        in_dim,
+        out_dims,
+        hidden=cfg.hidden,
+        activation=cfg.activation,
+        dropout=cfg.dropout,
+        norm=cfg.norm,
+        head_hidden=cfg.head_hidden,
     )

@@ -134,4 +134,3 @@ register(
         delta_m_metrics=("rmse", "mae"),
     )
 )
-

@@ -166,8 +166,9 @@ def train_epoch(
     names = list(loss.kinds)
     n, bs = len(train), cfg.batch_size
     perm = torch.randperm(n, device=device, generator=generator)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16,
-                              enabled=cfg.bf16 and device.type == "cuda")
+    autocast = torch.autocast(
+        device_type="cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"
+    )
     total_sum = torch.zeros((), device=device)
     task_sum = torch.zeros(len(names), device=device)
     steps = 0
@@ -244,8 +245,9 @@ def fit(
         _check_finite(epoch, val_obj, val_tasks)
         if sched is not None:
             sched.step()
-        log = EpochLog(epoch, train_loss, train_tasks, val_obj, val_tasks, lr,
-                       time.perf_counter() - t_epoch)
+        log = EpochLog(
+            epoch, train_loss, train_tasks, val_obj, val_tasks, lr, time.perf_counter() - t_epoch
+        )
         history.append(log)
         if val_obj < best[0] - cfg.min_delta:
             best = (val_obj, epoch, copy.deepcopy(model.state_dict()))
@@ -259,8 +261,9 @@ def fit(
             break
 
     model.load_state_dict(best[2])
-    return FitResult(history, best[1], best[0], best[2], stopped_early,
-                     time.perf_counter() - t0, str(dev))
+    return FitResult(
+        history, best[1], best[0], best[2], stopped_early, time.perf_counter() - t0, str(dev)
+    )
 
 
 def predict_outputs(
@@ -276,4 +279,3 @@ def predict_outputs(
             for name, out in model(xb).items():
                 parts.setdefault(name, []).append(out.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
-

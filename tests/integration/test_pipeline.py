@@ -138,9 +138,21 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
     # Rows without the model's features: one line naming the file and the missing columns.
     rows.drop(columns=["x3"]).to_csv(tmp_path / "short.csv", index=False)
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "predict", "--model-uri", "models:/tiny@champion",
-         "--input", str(tmp_path / "short.csv"), "--output", str(tmp_path / "short-out.csv")],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "predict",
+            "--model-uri",
+            "models:/tiny@champion",
+            "--input",
+            str(tmp_path / "short.csv"),
+            "--output",
+            str(tmp_path / "short-out.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
