@@ -2,9 +2,10 @@
 
 The search of ``configs/default.yaml`` (TPE, its trial budget, its median pruner settings and
 early stopping) runs twice per seed through ``mtl_core.search.run_worker``: once with the
-median pruner and once with ``search.pruner=none``. Reported: epochs actually trained over
-all trials (pruned trials count the epochs they ran), the best validation objective each
-reached, and the wall time.
+median pruner and once with ``search.pruner=none``; then both again with early stopping off.
+Reported: epochs actually trained over all trials (pruned trials count the epochs they ran),
+the best validation objective each reached, the wall time, and the time spent in Optuna's
+``Trial.report`` / ``should_prune`` calls.
 
 Run ``python -m bench.pruning [--smoke] [--out DIR]``.
 """
@@ -12,6 +13,7 @@ Run ``python -m bench.pruning [--smoke] [--out DIR]``.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -39,13 +41,38 @@ def settings(smoke: bool) -> tuple[list[int], list[str]]:
     return [0, 1, 2], []
 
 
+# Variants: the config as users get it (early stopping on), and without early stopping, where
+# every unpruned trial trains all its epochs and the pruner alone cuts them short.
+VARIANTS = {"default": [], "early stopping off": ["train.patience=null"]}
+REPORT_SECONDS = [0.0]  # time inside Trial.report + Trial.should_prune (storage round trips)
+
+
+def time_optuna_reports() -> None:
+    """Accumulate the seconds spent in ``Trial.report`` and ``Trial.should_prune``."""
+    import optuna
+
+    for name in ("report", "should_prune"):
+        fn = getattr(optuna.trial.Trial, name)
+
+        def wrapper(self, *a, _fn=fn, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(self, *a, **kw)
+            finally:
+                REPORT_SECONDS[0] += time.perf_counter() - t0
+
+        setattr(optuna.trial.Trial, name, wrapper)
+
+
 def run(cfg, data, pruner: str, seed: int, tmp: Path) -> dict:
     """One study; epochs trained, best objective, trial states and seconds."""
     raw = cfg.model_dump()
-    raw["search"].update(pruner=pruner, seed=seed, study_name=f"prune-{pruner}-{seed}")
+    name = f"prune-{pruner}-{seed}-{cfg.train.patience}"
+    raw["search"].update(pruner=pruner, seed=seed, study_name=name)
     raw["train"]["seed"] = seed
     scfg = type(cfg).model_validate(raw)
-    url = f"sqlite:///{tmp / f'{pruner}-{seed}.db'}"
+    url = f"sqlite:///{tmp / name}.db"
+    REPORT_SECONDS[0] = 0.0
     with Timer() as t:
         search.run_worker(scfg, data, url, scfg.search.n_trials, device="cpu")
     study = search.open_study(scfg, url)
@@ -56,60 +83,42 @@ def run(cfg, data, pruner: str, seed: int, tmp: Path) -> dict:
         "trials": len(trials),
         "pruned": sum(tr.state.name == "PRUNED" for tr in trials),
         "seconds": t.seconds,
+        "report_seconds": REPORT_SECONDS[0],
         "curve": [len(tr.intermediate_values) for tr in sorted(trials, key=lambda x: x.number)],
     }
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    torch.set_num_threads(THREADS)
-    quiet_optuna()
-    seeds, overrides = settings(args.smoke)
-    cfg = load_config("default", overrides)
-    data = prepare(cfg.data)
-    report = Report(
-        "pruning",
-        "Pruning: epochs trained with and without the median pruner",
-        "bench.pruning",
-        args.out,
-        args.smoke,
-    )
-    s = cfg.search
-    report.add(
-        f"`configs/default.yaml`{' with `' + ' '.join(overrides) + '`' if overrides else ''}: "
-        f"{s.n_trials} trials per study, TPE sampler, up to {cfg.train.epochs} epochs per trial "
-        f"with early stopping (patience {cfg.train.patience}); median pruner after "
-        f"{s.pruner_startup_trials} trials and {s.pruner_warmup_epochs} warm-up epochs. "
-        f"Seeds {seeds}; {THREADS} torch thread."
-    )
+def run_variant(report: Report, cfg, data, seeds: list[int], label: str, tmp: Path) -> dict:
+    """Both arms for every seed, a per-seed table and the summary numbers of one variant."""
     rows, per_seed = [], []
-    with tempfile.TemporaryDirectory(prefix="mtl-bench-pruning-") as tmp:
-        for seed in seeds:
-            on = run(cfg, data, "median", seed, Path(tmp))
-            off = run(cfg, data, "none", seed, Path(tmp))
-            saving = 1 - on["epochs"] / off["epochs"]
-            gap = (on["best"] - off["best"]) / abs(off["best"])
-            per_seed.append({"seed": seed, "median": on, "none": off, "saving": saving, "gap": gap})
-            rows.append(
-                [
-                    seed,
-                    on["epochs"],
-                    off["epochs"],
-                    f"{100 * saving:.1f}%",
-                    f"{on['pruned']}/{on['trials']}",
-                    fmt(on["best"]),
-                    fmt(off["best"]),
-                    f"{100 * gap:+.2f}%",
-                    fmt(on["seconds"], 1),
-                    fmt(off["seconds"], 1),
-                ]
-            )
-            print(rows[-1], flush=True)
+    for seed in seeds:
+        on = run(cfg, data, "median", seed, tmp)
+        off = run(cfg, data, "none", seed, tmp)
+        saving = 1 - on["epochs"] / off["epochs"]
+        gap = (on["best"] - off["best"]) / abs(off["best"])
+        per_seed.append({"seed": seed, "median": on, "none": off, "saving": saving, "gap": gap})
+        rows.append(
+            [
+                seed,
+                on["epochs"],
+                off["epochs"],
+                f"{100 * saving:.1f}%",
+                f"{on['pruned']}/{on['trials']}",
+                fmt(on["best"]),
+                fmt(off["best"]),
+                f"{100 * gap:+.2f}%",
+                fmt(on["seconds"], 1),
+                fmt(off["seconds"], 1),
+                f"{fmt(on['report_seconds'], 1)} / {fmt(off['report_seconds'], 1)}",
+            ]
+        )
+        print(label, rows[-1], flush=True)
     saving = 1 - sum(r["median"]["epochs"] for r in per_seed) / sum(
         r["none"]["epochs"] for r in per_seed
     )
     gap_mean, _ = mean_std([r["gap"] for r in per_seed])
     worst_gap = max(r["gap"] for r in per_seed)
+    patience = cfg.train.patience
     report.table(
         [
             "seed",
@@ -122,8 +131,11 @@ def main() -> None:
             "gap",
             "seconds (pruner)",
             "seconds (no pruner)",
+            "seconds in report + should_prune (pruner / none)",
         ],
         rows,
+        f"{label}: up to {cfg.train.epochs} epochs per trial, early stopping "
+        + (f"patience {patience}" if patience else "off"),
     )
     report.table(
         ["measure", "value", "target", ""],
@@ -142,24 +154,62 @@ def main() -> None:
             ],
             ["best-objective gap, worst seed", f"{100 * worst_gap:+.2f}%", "", ""],
         ],
-        "Summary",
+        f"{label}: summary",
     )
-    pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(5.5, 3.2))
-    for r in per_seed:
-        for arm, style in (("median", "-"), ("none", "--")):
-            curve = r[arm]["curve"]
-            cum = [sum(curve[: i + 1]) for i in range(len(curve))]
-            label = "median pruner" if arm == "median" else "no pruner"
-            ax.plot(range(1, len(cum) + 1), cum, style, label=f"seed {r['seed']}, {label}")
-    ax.set(xlabel="trial", ylabel="epochs trained (cumulative)", title="Epochs spent by the search")
-    ax.legend(fontsize=6)
-    report.figure(fig, "pruning", "cumulative epochs trained per trial, with and without pruning")
-    report.results = {
+    return {
         "per_seed": per_seed,
         "saving": saving,
         "gap_mean": gap_mean,
         "worst_gap": worst_gap,
+        "patience": patience,
+    }
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    torch.set_num_threads(THREADS)
+    quiet_optuna()
+    time_optuna_reports()
+    seeds, overrides = settings(args.smoke)
+    base = load_config("default", overrides)
+    data = prepare(base.data)
+    report = Report(
+        "pruning",
+        "Pruning: epochs trained with and without the median pruner",
+        "bench.pruning",
+        args.out,
+        args.smoke,
+    )
+    s = base.search
+    report.add(
+        f"`configs/default.yaml`{' with `' + ' '.join(overrides) + '`' if overrides else ''}: "
+        f"{s.n_trials} trials per study, TPE sampler; median pruner after "
+        f"{s.pruner_startup_trials} trials and {s.pruner_warmup_epochs} warm-up epochs. "
+        f"Seeds {seeds}; {THREADS} torch thread. Two variants: the config as it is (early "
+        "stopping on), and with early stopping off, where the pruner alone shortens trials."
+    )
+    variants = {}
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-pruning-") as tmp:
+        for label, extra in VARIANTS.items():
+            cfg = load_config("default", overrides + extra)
+            variants[label] = run_variant(report, cfg, data, seeds, label, Path(tmp))
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, len(variants), figsize=(5 * len(variants), 3.2), sharey=True)
+    for ax, (label, v) in zip(axes, variants.items(), strict=True):
+        for r in v["per_seed"]:
+            for arm, style in (("median", "-"), ("none", "--")):
+                curve = r[arm]["curve"]
+                cum = [sum(curve[: i + 1]) for i in range(len(curve))]
+                name = "median pruner" if arm == "median" else "no pruner"
+                ax.plot(range(1, len(cum) + 1), cum, style, label=f"seed {r['seed']}, {name}")
+        ax.set(xlabel="trial", title=f"Epochs spent by the search ({label})")
+    axes[0].set_ylabel("epochs trained (cumulative)")
+    axes[0].legend(fontsize=6)
+    report.figure(fig, "pruning", "cumulative epochs trained per trial, with and without pruning")
+    head = variants["default"]
+    report.results = {
+        **{k: head[k] for k in ("per_seed", "saving", "gap_mean", "worst_gap")},
+        "variants": variants,
         "target_saving": TARGET_SAVING,
         "target_gap": TARGET_GAP,
         "plots": report.results.get("plots", []),

@@ -94,8 +94,8 @@ def settings(smoke: bool, out: Path) -> dict[str, Any]:
     datasets["adult"] = ("adult", ["train.epochs=10", "train.patience=3"])
     return {
         "datasets": datasets,
-        "seeds": [0, 1, 2],
-        "budget": 12,
+        "seeds": [0, 1, 2, 3, 4],
+        "budget": 15,
         "grid": 3,
         "adult_rows": None,
         "adult_csv": None,
@@ -354,6 +354,33 @@ def summary_table(report: Report, all_runs: dict) -> None:
     )
 
 
+def params_table(report: Report, all_runs: dict) -> None:
+    """What the TPE search chose: task weights, how often each penalty was on, learning rate."""
+    rows = []
+    for name, runs in all_runs.items():
+        picks = [r["extra"] for r in runs[TPE]]
+        weights = sorted({k for p in picks for k in p if k.startswith("tasks.")})
+        w = ", ".join(f"{k.split('.')[1]} {fmt_pm([p[k] for p in picks], 2)}" for k in weights)
+        l1_on = sum(p.get("loss.l1", 0) > 0 for p in picks)
+        l2_on = sum(p.get("loss.l2", 0) > 0 for p in picks)
+        lrs = [p["train.lr"] for p in picks if "train.lr" in p]
+        lr = f"{math.exp(np.mean(np.log(lrs))):.2g}" if lrs else "–"
+        pruned = fmt_pm([p.get("pruned", 0) for p in picks], 1)
+        rows.append([name, w, f"{l1_on} of {len(picks)}", f"{l2_on} of {len(picks)}", lr, pruned])
+    report.table(
+        [
+            "dataset",
+            "task weights (mean ± std; they sum to the task count)",
+            "L1 on",
+            "L2 on",
+            "lr (geometric mean)",
+            "trials pruned",
+        ],
+        rows,
+        "What the TPE search picked (best trial of each seed)",
+    )
+
+
 def synthetic_plot(report: Report, all_runs: dict) -> None:
     """Mean test R² and Δm against the task correlation p."""
     names = [n for n in all_runs if n.startswith("synthetic p=")]
@@ -362,6 +389,7 @@ def synthetic_plot(report: Report, all_runs: dict) -> None:
     ps = [float(n.split("=")[1]) for n in names]
     pyplot = plt()
     fig, (ax1, ax2) = pyplot.subplots(1, 2, figsize=(9, 3.4))
+    colors = {STL: "tab:gray", EQUAL: "tab:orange", TPE: "tab:green", RANDOM: "tab:red"}
     for method in (STL, EQUAL, TPE, RANDOM):
         r2m, r2s, dm, ds = [], [], [], []
         for n in names:
@@ -382,9 +410,10 @@ def synthetic_plot(report: Report, all_runs: dict) -> None:
             m, s = mean_std([r["delta_m"] for r in recs])
             dm.append(m)
             ds.append(s)
-        ax1.errorbar(ps, r2m, yerr=r2s, marker="o", capsize=3, label=method)
+        style = {"marker": "o", "capsize": 3, "color": colors[method], "label": method}
+        ax1.errorbar(ps, r2m, yerr=r2s, **style)
         if method != STL:
-            ax2.errorbar(ps, dm, yerr=ds, marker="o", capsize=3, label=method)
+            ax2.errorbar(ps, dm, yerr=ds, **style)
     ax1.set(
         xlabel="task correlation p",
         ylabel="test R² (mean of 2 tasks)",
@@ -433,6 +462,7 @@ def main() -> None:
             all_runs[name] = runs
             dataset_table(report, name, data, runs, t.seconds)
     summary_table(report, all_runs)
+    params_table(report, all_runs)
     synthetic_plot(report, all_runs)
     report.results = {
         "settings": {"seeds": st["seeds"], "budget": st["budget"], "grid": st["grid"]},

@@ -145,8 +145,8 @@ class SearchConfig(_Strict):
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
     pruner: Literal["median", "none"] = "median"
-    pruner_startup_trials: int = Field(5, ge=0)
-    pruner_warmup_epochs: int = Field(3, ge=0)
+    pruner_startup_trials: int = Field(3, ge=0, description="Trials run before any pruning.")
+    pruner_warmup_epochs: int = Field(2, ge=0, description="Epochs of a trial before pruning.")
     trial_epochs: int | None = Field(None, ge=1, description="Epochs per trial; default train.")
     weights: bool = Field(True, description="Search task weights on the simplex.")
     l1: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))
