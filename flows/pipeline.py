@@ -261,7 +261,7 @@ def log_results(
     data: PreparedData,
     metrics: dict[str, float],
     baselines: BaselineResult | None,
-    storage_url: str,
+    study: optuna.Study,
     best_number: int,
 ) -> dict[str, float]:
     """Final and baseline metrics, best params and figures on the parent run."""
@@ -279,7 +279,6 @@ def log_results(
         if k.startswith(("tasks.", "loss.", "train.lr", "model."))
     }
     tracking.log_params(client, parent.run_id, {**best, "best.trial": best_number})
-    study = search.open_study(final.cfg, storage_url)
     figs = {
         "figures/optimization_history.png": figures.optimization_history(study),
         "figures/param_importances.png": figures.param_importances(study),
@@ -397,8 +396,8 @@ def _use_api(api_url: str) -> None:
     os.environ["PREFECT_API_URL"] = api_url
 
 
-def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[str, Any]:
-    """Run the search to ``n_trials`` finished trials; returns the storage URL and study."""
+def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna.Study:
+    """Run the search until the study holds ``n_trials`` finished trials; returns the study."""
     storage_url = search.resolve_storage(cfg.search)
     study = search.open_study(cfg, storage_url)  # created once, before any worker starts
     remaining = max(0, cfg.search.n_trials - search.finished_trials(study))
@@ -436,7 +435,7 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> tuple[
             ]
             for fut in futures:
                 fut.result()
-    return storage_url, search.open_study(cfg, storage_url)
+    return search.open_study(cfg, storage_url)
 
 
 @flow(name="mtl-pipeline", log_prints=True)
@@ -451,13 +450,13 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
     data = prepare_data(cfg.data)
     parent = start_parent_run(cfg, data, config_file)
     try:
-        storage_url, study = tune(cfg, data, parent)
+        study = tune(cfg, data, parent)
         best = search.best_trial(study)
         best_cfg = search.apply_params(cfg, best.user_attrs["params"])
         final = train_final(best_cfg, data)
         metrics = evaluate_final(final, data)
         baselines = run_baselines(best_cfg, data) if cfg.baselines else None
-        metrics = log_results(parent, final, data, metrics, baselines, storage_url, best.number)
+        metrics = log_results(parent, final, data, metrics, baselines, study, best.number)
         decision = register_model(parent, final, data, metrics["test/objective"])
         publish_artifacts(
             parent, cfg, metrics, best.number, best.value, decision, search.top_trials(study)
