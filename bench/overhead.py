@@ -36,7 +36,8 @@ THREADS = 1
 
 def settings(smoke: bool) -> tuple[int, list[str]]:
     """Trials and config overrides: trials of about 5 s each here (full), or tiny (smoke)."""
-    trials, rows, epochs = (2, 1500, 3) if smoke else (6, 30000, 30)
+    # 20 trials: the search budget of configs/default.yaml, what `make run` does.
+    trials, rows, epochs = (2, 1500, 3) if smoke else (20, 30000, 30)
     return trials, [
         f"data.synthetic.n_rows={rows}",
         f"train.epochs={epochs}",

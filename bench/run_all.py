@@ -236,14 +236,23 @@ def assemble(out: Path, page: Path) -> Path:
     ]
     run_all = _load(out, "run_all")
     if run_all:
-        rows = [
-            [
-                n,
-                "skipped: " + s["skipped"] if s.get("skipped") else f"{s['seconds']:.0f} s",
-                "–" if s.get("returncode") is None else s["returncode"],
-            ]
-            for n, s in run_all["scripts"].items()
-        ]
+        rows = []
+        for n, s in run_all["scripts"].items():
+            report = _load(out, n)
+            # A report rerun on its own after the full run says so; its header has its time.
+            later = report is not None and report["date"] > run_all["date"]
+            rows.append(
+                [
+                    n
+                    + (
+                        f" (report shown: a later run of its own, {report['date']})"
+                        if later
+                        else ""
+                    ),
+                    "skipped: " + s["skipped"] if s.get("skipped") else f"{s['seconds']:.0f} s",
+                    "–" if s.get("returncode") is None else s["returncode"],
+                ]
+            )
         rows.append(["**total**", f"**{run_all['seconds']:.0f} s**", ""])
         parts += [
             f"`{run_all['command']}` on {run_all['date']}:",
