@@ -229,9 +229,9 @@ def assemble(out: Path, page: Path) -> Path:
         "",
         f"Machine of the run: {os.cpu_count()} cores, {cpu_model()}, "
         + ("a CUDA GPU" if torch.cuda.is_available() else "no GPU")
-        + ". The machine was shared with other engineers' test runs, so each report's header "
-        "gives the load average at its start and end; timing benchmarks keep the best of "
-        "interleaved repeats where they can.",
+        + ". Each report's header gives the load average at its start and end, which shows "
+        "whether anything else was running; timing benchmarks keep the best of interleaved "
+        "repeats where they can.",
         "",
     ]
     run_all = _load(out, "run_all")

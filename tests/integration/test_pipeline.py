@@ -54,6 +54,27 @@ def children_of(client: MlflowClient, run) -> list:
     )
 
 
+def predict(model_uri: str, rows: Path, out: Path) -> subprocess.CompletedProcess:
+    """``mtl predict`` in a fresh process."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "predict",
+            "--model-uri",
+            model_uri,
+            "--input",
+            str(rows),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def study_of(config_path: Path):
     cfg = load_config(config_path)
     return search.open_study(cfg, search.resolve_storage(cfg.search))
@@ -112,23 +133,7 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
     rows = pd.DataFrame({f"x{j}": [0.1 * j, -0.2, 1.5] for j in range(10)})
     rows.to_csv(tmp_path / "rows.csv", index=False)
     out = tmp_path / "preds.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "predict",
-            "--model-uri",
-            "models:/tiny@champion",
-            "--input",
-            str(tmp_path / "rows.csv"),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = predict("models:/tiny@champion", tmp_path / "rows.csv", out)
     assert proc.returncode == 0, proc.stderr
     preds = pd.read_csv(out)
     assert list(preds.columns) == ["reg", "cls", "cls_proba"]
@@ -137,23 +142,7 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
 
     # Rows without the model's features: one line naming the file and the missing columns.
     rows.drop(columns=["x3"]).to_csv(tmp_path / "short.csv", index=False)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "predict",
-            "--model-uri",
-            "models:/tiny@champion",
-            "--input",
-            str(tmp_path / "short.csv"),
-            "--output",
-            str(tmp_path / "short-out.csv"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = predict("models:/tiny@champion", tmp_path / "short.csv", tmp_path / "short-out.csv")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"mtl: error: {tmp_path / 'short.csv'}: rows do not match the model's input schema "
