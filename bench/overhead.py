@@ -61,7 +61,7 @@ def fresh_state() -> Path:
 
 def patch_trial_logger(timings: dict[int, float]) -> None:
     """Accumulate the seconds spent in each trial's MlflowTrialLogger calls, by trial number."""
-    from mtl_core import tracking
+    from mtl_core.integrations import tracking
 
     cls = tracking.MlflowTrialLogger
     init, log_epoch, finish = cls.__init__, cls.log_epoch, cls.finish
@@ -112,7 +112,7 @@ def bare_loop(cfg, trial_params: list[dict]) -> tuple[dict[int, float], float]:
     from mtl_core.losses import build_loss
     from mtl_core.metrics import evaluate
     from mtl_core.model import build_model
-    from mtl_core.search import apply_params
+    from mtl_core.integrations.search import apply_params
     from mtl_core.train import fit
 
     data = prepare(cfg.data)
@@ -146,7 +146,7 @@ def main() -> None:
         import flows  # noqa: F401  (embedded defaults for the fresh state folder)
         from flows.params import PipelineParams
         from flows.pipeline import mtl_pipeline
-        from mtl_core import search, tracking
+        from mtl_core.integrations import search, tracking
         from mtl_core.config import load_config
     torch.set_num_threads(THREADS)
     n_trials, overrides = settings(args.smoke)

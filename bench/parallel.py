@@ -1,7 +1,7 @@
 """Parallel trials: two worker processes on one journal-file study against one worker.
 
 Each worker is a separate process (spawned) that prepares the data, waits at a barrier with
-the others, then runs its share of the trials with ``mtl_core.search.run_worker`` against a
+the others, then runs its share of the trials with ``mtl_core.integrations.search.run_worker`` against a
 shared Optuna journal file (``search.resolve_storage`` / ``open_storage`` with a ``*.log``
 path). Every worker, on both sides, uses ``torch.set_num_threads(1)``, so that two workers
 do not fight over the 2 cores with 2 threads each and the comparison is of processes alone.
@@ -41,7 +41,7 @@ def worker(raw: dict, url: str, n_trials: int, barrier, queue) -> None:
     """One search worker process: prepare, wait for the others, run ``n_trials`` trials."""
     import torch
 
-    from mtl_core import search
+    from mtl_core.integrations import search
     from mtl_core.data import prepare
 
     torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def worker(raw: dict, url: str, n_trials: int, barrier, queue) -> None:
 
 def run(cfg: ExperimentConfig, n_workers: int, folder: Path) -> dict:
     """Trials per second of ``n_workers`` processes on a fresh journal-file study."""
-    from mtl_core import search
+    from mtl_core.integrations import search
 
     raw = cfg.model_dump()
     raw["search"].update(

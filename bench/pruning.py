@@ -1,7 +1,7 @@
 """Pruning: epochs trained with and without the median pruner at the same trial budget.
 
 The search of ``configs/default.yaml`` (TPE, its trial budget, its median pruner settings and
-early stopping) runs twice per seed through ``mtl_core.search.run_worker``: once with the
+early stopping) runs twice per seed through ``mtl_core.integrations.search.run_worker``: once with the
 median pruner and once with ``search.pruner=none``; then both again with early stopping off.
 Reported: epochs actually trained over all trials (pruned trials count the epochs they ran),
 the best validation objective each reached, the wall time, and the time spent in Optuna's
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.common import Report, Timer, fmt, mean_std, met, parse_args, plt, quiet_optuna
-from mtl_core import search
+from mtl_core.integrations import search
 from mtl_core.config import load_config
 from mtl_core.data import prepare
 

@@ -6,7 +6,7 @@ choice made on the validation split and the test split used only to report:
 1. single-task models, one per task, same trunk and head; learning rate picked from a small
    log-spaced grid over the config's ``search.lr`` range by validation loss;
 2. multi-task, equal weights, no penalty; learning rate from the same grid;
-3. multi-task tuned by ``mtl_core.search`` (TPE + median pruner) over task weights, L1, L2 and
+3. multi-task tuned by ``mtl_core.integrations.search`` (TPE + median pruner) over task weights, L1, L2 and
    learning rate, at a fixed trial budget, then retrained with the best params;
 4. the same search with a random sampler and no pruner, at the same trial budget.
 
@@ -30,7 +30,7 @@ import torch
 
 from bench import adult_data
 from bench.common import Report, Timer, fmt_pm, mean_std, parse_args, plt, quiet_optuna
-from mtl_core import search
+from mtl_core.integrations import search
 from mtl_core.config import ExperimentConfig, load_config
 from mtl_core.data import PreparedData, prepare
 from mtl_core.errors import NonFiniteLossError
@@ -179,7 +179,7 @@ def searched(
     tmp: Path,
     dataset: str,
 ):
-    """Run ``budget`` trials through ``mtl_core.search``, retrain the best, evaluate it.
+    """Run ``budget`` trials through ``mtl_core.integrations.search``, retrain the best, evaluate it.
 
     Each study gets its own name and file: a study that exists is resumed, not restarted.
     """

@@ -34,9 +34,9 @@ class _QuietExpectedErrors(logging.Filter):
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
     from flows.params import PipelineParams
-    from mtl_core import tracking
     from mtl_core.config import load_config
     from mtl_core.data import load_frame
+    from mtl_core.integrations import tracking
 
     params = PipelineParams(config=args.config, overrides=args.set or [])
     cfg = load_config(params.config, params.config_overrides())
@@ -69,8 +69,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from mtl_core import tracking
     from mtl_core.data import read_table
+    from mtl_core.integrations import tracking
 
     rows = read_table(args.input)
     uri = tracking.tracking_uri()

@@ -32,22 +32,22 @@ from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
 from flows.params import PipelineParams
-from mtl_core import figures, search, tracking
 from mtl_core.baselines import BaselineResult, single_task_baselines
 from mtl_core.config import (
     DataConfig,
     ExperimentConfig,
+    FeaturesConfig,
     flat_params,
     load_config,
     resolve_config_path,
 )
 from mtl_core.data import PreparedData, prepare
 from mtl_core.errors import MTLError
-from mtl_core.losses import build_loss
+from mtl_core.integrations import figures, search, tracking
+from mtl_core.integrations.serving import save_pyfunc
 from mtl_core.metrics import delta_m, evaluate
-from mtl_core.model import MultiTaskNet, build_model
-from mtl_core.serving import save_pyfunc
-from mtl_core.train import FitResult, fit
+from mtl_core.model import MultiTaskModel
+from mtl_core.train import FitResult, train_from_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # The pipeline prints its own progress line per trial, with the reason of a failed one;
@@ -69,8 +69,7 @@ class ParentRun:
 class FinalModel:
     """The model retrained with the best trial's params."""
 
-    net: MultiTaskNet
-    spec: dict[str, Any]
+    net: MultiTaskModel
     fit: FitResult
     cfg: ExperimentConfig
 
@@ -90,9 +89,11 @@ def load_experiment(params: PipelineParams) -> tuple[ExperimentConfig, str]:
 
 
 def _data_cache_key(context, parameters: dict[str, Any]) -> str:
-    """Cache prepared data on the data config and the file's content, not on tensors."""
+    """Cache prepared data on the data and features configs and the file's content."""
     cfg: DataConfig = parameters["data_cfg"]
+    features: FeaturesConfig = parameters["features"]
     h = hashlib.sha256(cfg.model_dump_json().encode())
+    h.update(features.model_dump_json().encode())
     if cfg.source == "file" and cfg.path and Path(cfg.path).is_file():
         with open(cfg.path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -106,9 +107,9 @@ def _data_cache_key(context, parameters: dict[str, Any]) -> str:
     cache_expiration=timedelta(days=30),
     persist_result=True,
 )
-def prepare_data(data_cfg: DataConfig) -> PreparedData:
-    """Load, validate, split and preprocess (cached on data config + file content)."""
-    return prepare(data_cfg)
+def prepare_data(data_cfg: DataConfig, features: FeaturesConfig) -> PreparedData:
+    """Load, validate, split and preprocess (cached on the configs and the file's content)."""
+    return prepare(data_cfg, features)
 
 
 def _git_commit() -> str | None:
@@ -227,19 +228,8 @@ def search_worker(
 @task(name="train-final", cache_policy=NO_CACHE)
 def train_final(cfg: ExperimentConfig, data: PreparedData) -> FinalModel:
     """Retrain on the train split with the best params, early-stopping on val."""
-    spec = {
-        "in_dim": data.preprocessor.n_inputs,
-        "out_dims": data.out_dims,
-        "hidden": list(cfg.model.hidden),
-        "activation": cfg.model.activation,
-        "dropout": cfg.model.dropout,
-        "norm": cfg.model.norm,
-        "head_hidden": cfg.model.head_hidden,
-    }
-    net = build_model(cfg.model, spec["in_dim"], spec["out_dims"], cfg.train.seed)
-    loss = build_loss(cfg.loss, {t.name: t.type for t in data.tasks})
-    result = fit(net, data, loss, cfg.train)
-    return FinalModel(net.cpu(), spec, result, cfg)
+    net, result = train_from_config(cfg, data)
+    return FinalModel(net.cpu(), result, cfg)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -250,8 +240,8 @@ def evaluate_final(final: FinalModel, data: PreparedData) -> dict[str, float]:
 
 @task(name="single-task-baselines", cache_policy=NO_CACHE)
 def run_baselines(cfg: ExperimentConfig, data: PreparedData) -> BaselineResult:
-    """One model per task, same trunk, head and budget as the final model."""
-    return single_task_baselines(data, cfg.model, cfg.train, device=cfg.train.device)
+    """One model per task, same representation, architecture and budget as the final model."""
+    return single_task_baselines(cfg, data)
 
 
 @task(name="log-results", cache_policy=NO_CACHE, **SERVER_RETRIES)
@@ -305,7 +295,7 @@ def register_model(
     version = tracking.log_model_version(
         client,
         parent.run_id,
-        lambda path: save_pyfunc(path, final.net, final.spec, data.preprocessor, example),
+        lambda path: save_pyfunc(path, final.net, data.preprocessor, example),
         name,
         tags={tracking.SCORE_TAG: repr(test_objective), "dataset.fingerprint": data.fingerprint},
     )
@@ -447,17 +437,18 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
             workers, epochs, seed, device, overrides); empty fields keep the config's.
     """
     cfg, config_file = load_experiment(params)
-    data = prepare_data(cfg.data)
+    data = prepare_data(cfg.data, cfg.features)
     parent = start_parent_run(cfg, data, config_file)
     try:
         study = tune(cfg, data, parent)
         best = search.best_trial(study)
         best_cfg = search.apply_params(cfg, best.user_attrs["params"])
-        final = train_final(best_cfg, data)
-        metrics = evaluate_final(final, data)
-        baselines = run_baselines(best_cfg, data) if cfg.baselines else None
-        metrics = log_results(parent, final, data, metrics, baselines, study, best.number)
-        decision = register_model(parent, final, data, metrics["test/objective"])
+        best_data = data.with_features(best_cfg.features)  # the best trial's representation
+        final = train_final(best_cfg, best_data)
+        metrics = evaluate_final(final, best_data)
+        baselines = run_baselines(best_cfg, best_data) if cfg.baselines else None
+        metrics = log_results(parent, final, best_data, metrics, baselines, study, best.number)
+        decision = register_model(parent, final, best_data, metrics["test/objective"])
         publish_artifacts(
             parent, cfg, metrics, best.number, best.value, decision, search.top_trials(study)
         )

@@ -1,4 +1,4 @@
-"""Single-task baselines: the same trunk and head trained on one task at a time.
+"""Single-task baselines: the same representation, architecture and budget, one task at a time.
 
 They answer the question users ask first, "did sharing help?", through
 :func:`mtl_core.metrics.delta_m`.
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtl_core.config import ModelConfig, TrainConfig
+from mtl_core.config import ExperimentConfig
 from mtl_core.data import PreparedData
-from mtl_core.losses import MultiTaskLoss
 from mtl_core.metrics import evaluate
-from mtl_core.model import build_model
-from mtl_core.train import fit
+from mtl_core.train import train_from_config
 
 
 @dataclass
@@ -24,18 +22,27 @@ class BaselineResult:
     epochs: dict[str, int]
 
 
-def single_task_baselines(
-    data: PreparedData,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    device: str = "auto",
-) -> BaselineResult:
-    """Train one model per task with the multi-task model's architecture and budget.
+def single_task_config(cfg: ExperimentConfig, task: str) -> ExperimentConfig:
+    """``cfg`` reduced to one task: weight 1 and the ``static`` weighting, all else kept.
 
-    Each baseline has the same trunk and head as the multi-task model, the
-    same optimiser, epochs and early stopping, and weight 1 on its only task.
+    Penalties, representation, architecture, optimiser and budget stay the
+    multi-task model's, so that the comparison isolates sharing.
+    """
+    raw = cfg.model_dump()
+    raw["data"]["tasks"] = [t for t in raw["data"]["tasks"] if t["name"] == task]
+    raw["loss"].update(weights=None, weighting="static")
+    return ExperimentConfig.model_validate(raw)
+
+
+def single_task_baselines(
+    cfg: ExperimentConfig, data: PreparedData, device: str | None = None
+) -> BaselineResult:
+    """Train one model per task through :func:`~mtl_core.train.train_from_config`.
+
+    Args:
+        cfg: The multi-task experiment (usually the best trial's).
+        data: Prepared data in ``cfg.features``' representation.
+        device: Overrides ``cfg.train.device``.
 
     Returns:
         ``{split}/{task}/{metric}`` for ``val`` and ``test``, one task per model,
@@ -43,12 +50,11 @@ def single_task_baselines(
     """
     metrics: dict[str, float] = {}
     epochs: dict[str, int] = {}
-    for spec in data.tasks:
-        sub = data.only(spec.name)
-        model = build_model(model_cfg, data.preprocessor.n_inputs, sub.out_dims, train_cfg.seed)
-        loss = MultiTaskLoss({spec.name: spec.type}, {spec.name: 1.0}, l1, l2)
-        result = fit(model, sub, loss, train_cfg, device=device)
-        epochs[spec.name] = result.epochs_run
+    device = device or cfg.train.device
+    for task in data.tasks:
+        sub = data.only(task.name)
+        model, result = train_from_config(single_task_config(cfg, task.name), sub, device=device)
+        epochs[task.name] = result.epochs_run
         for key, value in evaluate(model, sub, device=device).items():
             if not key.endswith("/objective"):
                 metrics[key] = value

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mtl_core.errors import ConfigError
 
-TaskType = Literal["binary", "multiclass", "regression"]
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -31,7 +37,16 @@ class TaskConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$", description="Task key.")
     column: str = Field(min_length=1, description="Target column in the data.")
-    type: TaskType
+    type: str = Field(description="A registered task type: binary, multiclass, regression.")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from mtl_core.tasks import TASK_TYPES
+
+        if value not in TASK_TYPES:
+            raise ValueError(f"unknown task type '{value}'; known: {sorted(TASK_TYPES)}")
+        return value
 
 
 class SyntheticConfig(_Strict):
@@ -73,14 +88,59 @@ class DataConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    """Shared MLP trunk and per-task heads."""
+class FeaturesConfig(_Strict):
+    """How feature columns are represented: scaling, numeric embeddings, categorical encoding.
 
+    ``numeric`` and ``categorical`` choose the scikit-learn transforms (fitted on
+    the training split); the embeddings are layers of the model, trained with it.
+    """
+
+    numeric: Literal["standard", "quantile"] = Field(
+        "standard", description="Numeric scaling: z-score, or quantiles mapped to a normal."
+    )
+    numeric_embedding: Literal["none", "periodic", "piecewise_linear"] = Field(
+        "none", description="Per-column numeric embeddings (rtdl_num_embeddings)."
+    )
+    numeric_embedding_dim: int = Field(16, ge=1, le=256, description="Width per numeric column.")
+    n_bins: int = Field(32, ge=2, le=1024, description="Bins per column, piecewise_linear.")
+    n_frequencies: int = Field(32, ge=1, le=512, description="Frequencies, periodic.")
+    frequency_scale: float = Field(0.1, gt=0, description="Initial frequency scale σ, periodic.")
+    categorical: Literal["onehot", "embedding"] = Field(
+        "onehot", description="One-hot columns, or a learned embedding table per column."
+    )
+    embedding_dim: int | None = Field(
+        None, ge=1, le=1024, description="Width per categorical column; null = min(64, 1.6·n^0.56)."
+    )
+
+    def preprocessing_key(self) -> tuple[str, str]:
+        """The settings that change the scikit-learn transforms (the rest are model layers)."""
+        return (self.numeric, self.categorical)
+
+
+class ModelConfig(_Strict):
+    """The architecture (``arch``) and its sizes; per-task towers for every architecture.
+
+    ``hidden`` is the shared-bottom trunk, or each expert's layers in ``mmoe`` and ``ple``.
+    """
+
+    arch: str = Field("shared_bottom", description="A registered architecture.")
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     activation: Literal["identity", "relu", "gelu", "tanh", "silu"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["none", "batch", "layer"] = "none"
-    head_hidden: int = Field(0, ge=0, description="Hidden units in each head; 0 = linear head.")
+    head_hidden: int = Field(0, ge=0, description="Hidden units of each task tower; 0 = linear.")
+    n_experts: int = Field(4, ge=1, le=64, description="Experts (mmoe); shared experts (ple).")
+    n_task_experts: int = Field(1, ge=1, le=16, description="Experts per task (ple).")
+    n_levels: int = Field(1, ge=1, le=8, description="Extraction layers (ple).")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from mtl_core.arch import ARCHS
+
+        if value not in ARCHS:
+            raise ValueError(f"unknown architecture '{value}'; known: {sorted(ARCHS)}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -90,12 +150,26 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Task weights and L1/L2 penalties of L = sum_t w_t L_t + l1|θ|_1 + l2|θ|²."""
+    """How task losses become an update: the weighting method, and L1/L2 penalties.
 
+    With ``weighting: static``, L = sum_t w_t L_t + l1|θ|_1 + l2|θ|²; other methods
+    learn or compute their own task weights (see :mod:`mtl_core.weighting`).
+    """
+
+    weighting: str = Field("static", description="A registered weighting method.")
     weights: dict[str, float] | None = Field(None, description="Per-task weight; default 1.")
     l1: float = Field(0.0, ge=0.0)
     l2: float = Field(0.0, ge=0.0)
     penalty_scope: Literal["trunk", "all"] = "trunk"
+
+    @field_validator("weighting")
+    @classmethod
+    def _known_weighting(cls, value: str) -> str:
+        from mtl_core.weighting import WEIGHTINGS
+
+        if value not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting method '{value}'; known: {sorted(WEIGHTINGS)}")
+        return value
 
 
 class TrainConfig(_Strict):
@@ -169,9 +243,10 @@ class TrackingConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    """A whole experiment: data and tasks, model, loss, training, search, tracking."""
+    """A whole experiment: data and tasks, features, model, loss, training, search, tracking."""
 
     data: DataConfig
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -192,6 +267,11 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"loss.weights must be >= 0, got {negative}")
             if sum(self.loss.weights.values()) <= 0:
                 raise ValueError("loss.weights must not all be zero")
+            if self.loss.weighting != "static":
+                raise ValueError(
+                    f"loss.weights applies to loss.weighting 'static' only; "
+                    f"'{self.loss.weighting}' sets its own task weights"
+                )
         if self.data.source == "synthetic":
             generated = {f"y{i}" for i in range(self.data.synthetic.n_tasks)}
             unknown = sorted(set(self.data.synthetic.binarize) - generated)

@@ -2,30 +2,28 @@
 
 Sources are a user's CSV or Parquet file, the MMoE synthetic generator, or the
 Palmer penguins. Whatever the source, :func:`prepare` returns the same
-:class:`PreparedData`: float32 feature matrices per split, per-task targets in
-which a missing label is NaN (that row is masked out of that task only), the
-fitted :class:`Preprocessor` that travels with the model, and a content
-fingerprint of the dataset.
+:class:`PreparedData`: per split, the model's input matrices (see
+:mod:`mtl_core.preprocess`) and per-task targets in which a missing label is NaN
+(that row is masked out of that task only); the fitted
+:class:`~mtl_core.preprocess.Preprocessor` that travels with the model; and a
+content fingerprint of the dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mtl_core.config import DataConfig, SyntheticConfig
+from mtl_core.config import DataConfig, FeaturesConfig, SyntheticConfig
 from mtl_core.errors import DataError
-from mtl_core.tasks import get_kind, sigmoid, softmax
+from mtl_core.preprocess import Preprocessor
+from mtl_core.tasks import TASK_TYPES, Task
 
 SPLITS = ("train", "val", "test")
 
@@ -119,98 +117,27 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- preprocessing
-
-
-@dataclass
-class TaskSpec:
-    """A task as fitted on data: its classes, or its target scaling for regression."""
-
-    name: str
-    column: str
-    type: str
-    classes: list | None = None
-    mean: float = 0.0
-    std: float = 1.0
-
-    @property
-    def out_dim(self) -> int:
-        """Number of model outputs for this task."""
-        return get_kind(self.type).out_dim(len(self.classes or []))
-
-    def encode(self, values: pd.Series) -> np.ndarray:
-        """Raw target values -> float32 training targets; NaN marks a missing label."""
-        if self.type == "regression":
-            return ((values.to_numpy(dtype=np.float64) - self.mean) / self.std).astype(np.float32)
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        return np.array(
-            [lookup.get(v, np.nan) if not pd.isna(v) else np.nan for v in values],
-            dtype=np.float32,
-        )
-
-    def decode(self, scores: np.ndarray) -> dict[str, np.ndarray]:
-        """Model outputs (N, out_dim) -> named prediction columns in the target's units."""
-        if self.type == "regression":
-            return {self.name: scores[:, 0] * self.std + self.mean}
-        classes = np.asarray(self.classes, dtype=object)
-        if self.type == "binary":
-            p1 = sigmoid(scores[:, 0].astype(np.float64))
-            return {self.name: classes[(p1 >= 0.5).astype(int)], f"{self.name}_proba": p1}
-        probs = softmax(scores.astype(np.float64))
-        cols = {self.name: classes[probs.argmax(axis=1)]}
-        cols.update({f"{self.name}_proba_{c}": probs[:, i] for i, c in enumerate(self.classes)})
-        return cols
-
-    def true_values(self, y: np.ndarray) -> np.ndarray:
-        """Encoded targets back to metric units (original scale for regression)."""
-        return y * self.std + self.mean if self.type == "regression" else y
-
-
-@dataclass
-class Preprocessor:
-    """Feature transformer and task encodings, fitted on the training split only."""
-
-    features: list[str]
-    numeric: list[str]
-    categorical: list[str]
-    transformer: ColumnTransformer
-    tasks: list[TaskSpec]
-
-    def transform(self, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
-        """Raw feature rows -> float32 matrix (N, n_inputs); checks the columns first."""
-        missing = [c for c in self.features if c not in frame.columns]
-        if missing:
-            raise DataError(f"{source}: missing feature column(s) {missing}")
-        cols = frame[self.features].copy()
-        for c in self.categorical:
-            cols[c] = _as_category(cols[c])
-        for c in self.numeric:
-            try:
-                cols[c] = pd.to_numeric(cols[c])
-            except (TypeError, ValueError):
-                raise DataError(f"{source}: column '{c}' must be numeric") from None
-        return np.asarray(self.transformer.transform(cols), dtype=np.float32)
-
-    def predictions(self, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
-        """Model outputs per task -> one DataFrame with named columns per task."""
-        cols: dict[str, np.ndarray] = {}
-        for spec in self.tasks:
-            cols.update(spec.decode(outputs[spec.name]))
-        return pd.DataFrame(cols)
-
-    @property
-    def n_inputs(self) -> int:
-        """Width of the transformed feature matrix."""
-        return len(self.transformer.get_feature_names_out())
+# --------------------------------------------------------------------------- prepared data
 
 
 @dataclass
 class Split:
-    """One split: features (N, n_inputs) and per-task targets (N,), NaN = missing."""
+    """One split: model inputs, per-task targets (N,) with NaN = missing, and the raw rows.
+
+    Attributes:
+        X: Dense inputs (N, n_dense) float32: numeric columns, then one-hot columns.
+        C: Category codes (N, n_categorical) int64 for embedded categorical columns.
+        y: Encoded targets per task.
+        rows: The raw feature rows, for input examples, reports and refitting.
+    """
 
     X: np.ndarray
+    C: np.ndarray
     y: dict[str, np.ndarray]
-    rows: pd.DataFrame = field(repr=False)  # the raw rows, for input examples and reports
+    rows: pd.DataFrame = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.X)
 
 
 @dataclass
@@ -224,8 +151,8 @@ class PreparedData:
     n_rows: int
 
     @property
-    def tasks(self) -> list[TaskSpec]:
-        """Fitted task specs, in config order."""
+    def tasks(self) -> list[Task]:
+        """Fitted tasks, in config order."""
         return self.preprocessor.tasks
 
     @property
@@ -235,57 +162,54 @@ class PreparedData:
 
     def only(self, task: str) -> PreparedData:
         """A view holding one task, for single-task baselines."""
-        spec = [t for t in self.tasks if t.name == task]
-        pre = Preprocessor(**{**self.preprocessor.__dict__, "tasks": spec})
-        splits = {k: Split(X=s.X, y={task: s.y[task]}, rows=s.rows) for k, s in self.splits.items()}
-        return PreparedData(pre, splits, self.fingerprint, self.source, self.n_rows)
+        keep = [t for t in self.tasks if t.name == task]
+        splits = {
+            k: Split(X=s.X, C=s.C, y={task: s.y[task]}, rows=s.rows) for k, s in self.splits.items()
+        }
+        return PreparedData(
+            self.preprocessor.with_tasks(keep), splits, self.fingerprint, self.source, self.n_rows
+        )
 
+    def with_features(self, settings: FeaturesConfig) -> PreparedData:
+        """The same rows, splits and targets under another input representation.
 
-def _as_category(series: pd.Series) -> pd.Series:
-    # Missing categories become their own level: missingness is often informative.
-    return series.astype(object).where(series.notna(), "<missing>").astype(str)
+        The feature transforms are refitted on the training split's raw rows; the
+        targets are untouched. Returns ``self`` when nothing changes.
+        """
+        pre = self.preprocessor
+        if settings.preprocessing_key() == pre.settings.preprocessing_key():
+            if settings == pre.settings:
+                return self
+            return replace(self, preprocessor=replace(pre, settings=settings))
+        refit = Preprocessor.fit(
+            self.splits["train"].rows,
+            pre.numeric,
+            pre.categorical,
+            settings,
+            pre.tasks,
+            self.n_rows,
+        )
+        splits = {}
+        for name, s in self.splits.items():
+            X, C = refit.transform(s.rows, self.source)
+            splits[name] = Split(X=X, C=C, y=s.y, rows=s.rows)
+        return PreparedData(refit, splits, self.fingerprint, self.source, self.n_rows)
 
 
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def _fit_task(frame: pd.DataFrame, name: str, column: str, type_: str, source: str) -> TaskSpec:
-    values = frame[column]
-    present = values.dropna()
-    if type_ == "regression":
-        if not _is_numeric(values):
-            bad = present[pd.to_numeric(present, errors="coerce").isna()]
-            example = f", e.g. {bad.iloc[0]!r}" if len(bad) else ""
-            raise DataError(
-                f"{source}: regression target column '{column}' (task '{name}') must be "
-                f"numeric, got {values.dtype}{example}"
-            )
-        return TaskSpec(name, column, type_)
-    classes = sorted(present.unique().tolist(), key=lambda v: (str(type(v)), v))
-    if len(classes) < 2:
-        raise DataError(
-            f"{source}: target column '{column}' (task '{name}') has {len(classes)} class(es) "
-            f"{classes}; a {type_} task needs at least 2"
-        )
-    if type_ == "binary" and len(classes) > 2:
-        raise DataError(
-            f"{source}: binary target column '{column}' (task '{name}') has {len(classes)} "
-            f"classes {classes[:5]}; use type 'multiclass'"
-        )
-    return TaskSpec(name, column, type_, classes=classes)
-
-
-def _stratify_labels(frame: pd.DataFrame, tasks: list[TaskSpec]) -> pd.Series | None:
+def _stratify_labels(frame: pd.DataFrame, tasks: list[Task]) -> pd.Series | None:
+    """Labels of the first task that can stratify and has at least 4 rows per label."""
     for t in tasks:
-        if t.type != "regression":
-            labels = frame[t.column].astype(object).where(frame[t.column].notna(), "<missing>")
-            if labels.astype(str).value_counts().min() >= 4:
-                return labels.astype(str)
+        labels = t.stratify_labels(frame[t.column])
+        if labels is not None and labels.value_counts().min() >= 4:
+            return labels
     return None
 
 
-def _split(frame: pd.DataFrame, cfg: DataConfig, tasks: list[TaskSpec]) -> dict[str, pd.DataFrame]:
+def _split(frame: pd.DataFrame, cfg: DataConfig, tasks: list[Task]) -> dict[str, pd.DataFrame]:
     strat = _stratify_labels(frame, tasks)
     holdout = cfg.val_fraction + cfg.test_fraction
     try:
@@ -308,37 +232,31 @@ def _split(frame: pd.DataFrame, cfg: DataConfig, tasks: list[TaskSpec]) -> dict[
     return {"train": train, "val": val, "test": test}
 
 
-def _build_transformer(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
-    parts = []
-    if numeric:
-        parts.append(
-            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)
-        )
-    if categorical:
-        parts.append(
-            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)
-        )
-    return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
-
-
-def prepare(cfg: DataConfig) -> PreparedData:
+def prepare(cfg: DataConfig, features: FeaturesConfig | None = None) -> PreparedData:
     """Load, validate, split and preprocess the data of an experiment.
 
     Rows whose labels are missing for every task are dropped; a label missing
     for some tasks only stays NaN and is masked out of those tasks' losses and
-    metrics. Scalers, imputers, encoders and regression target scaling are
-    fitted on the training split only.
+    metrics. Feature transforms and regression target scaling are fitted on the
+    training split only.
+
+    Args:
+        cfg: Where the rows come from, the tasks, and the split.
+        features: How to represent the feature columns; default ``FeaturesConfig()``.
 
     Raises:
         DataError: An unreadable file, a missing column, a single-class target, a
             non-numeric regression target, no rows left, or an all-missing feature.
     """
     frame, source = load_frame(cfg)
-    return prepare_frame(frame, cfg, source)
+    return prepare_frame(frame, cfg, source, features)
 
 
-def prepare_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> PreparedData:
+def prepare_frame(
+    frame: pd.DataFrame, cfg: DataConfig, source: str, features: FeaturesConfig | None = None
+) -> PreparedData:
     """:func:`prepare` on a frame already in memory; ``source`` names it in errors."""
+    settings = features or FeaturesConfig()
     targets = [t.column for t in cfg.tasks]
     shared = sorted({c for c in targets if targets.count(c) > 1})
     if shared:
@@ -349,15 +267,15 @@ def prepare_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Prepared
         raise DataError(
             f"{source}: column(s) {missing} not found; available: {list(frame.columns)[:20]}"
         )
-    features = cfg.features or [c for c in frame.columns if c not in targets]
-    overlap = sorted(set(features) & set(targets))
+    feature_cols = cfg.features or [c for c in frame.columns if c not in targets]
+    overlap = sorted(set(feature_cols) & set(targets))
     if overlap:
         raise DataError(f"{source}: column(s) {overlap} are both a feature and a target")
-    if not features:
+    if not feature_cols:
         raise DataError(f"{source}: no feature columns left besides the targets {targets}")
     digest = fingerprint(frame)
 
-    kept = frame.loc[frame[targets].notna().any(axis=1), features + targets]
+    kept = frame.loc[frame[targets].notna().any(axis=1), feature_cols + targets]
     if kept.empty:
         raise DataError(
             f"{source}: no rows left after dropping rows with no label in any of the target "
@@ -365,33 +283,27 @@ def prepare_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Prepared
         )
     if len(kept) < 10:
         raise DataError(f"{source}: only {len(kept)} usable rows; need at least 10 to split")
-    empty = [c for c in features if kept[c].isna().all()]
+    empty = [c for c in feature_cols if kept[c].isna().all()]
     if empty:
         raise DataError(f"{source}: feature column(s) {empty} are entirely missing")
-    tasks = [_fit_task(kept, t.name, t.column, t.type, source) for t in cfg.tasks]
+    tasks = [
+        TASK_TYPES.lookup(t.type).from_column(t.name, t.column, kept[t.column], source)
+        for t in cfg.tasks
+    ]
 
     parts = _split(kept, cfg, tasks)
-    numeric = [c for c in features if _is_numeric(kept[c])]
-    categorical = [c for c in features if c not in numeric]
     for t in tasks:
-        if t.type == "regression":
-            y = parts["train"][t.column].astype(float)
-            t.mean = float(y.mean()) if y.notna().any() else 0.0
-            std = float(y.std()) if y.notna().sum() > 1 else 1.0
-            t.std = std if std > 0 else 1.0
-    pre = Preprocessor(
-        features, numeric, categorical, _build_transformer(numeric, categorical), tasks
-    )
-    train_cols = parts["train"][features].copy()
-    for c in categorical:
-        train_cols[c] = _as_category(train_cols[c])
-    pre.transformer.fit(train_cols)
-    splits = {
-        name: Split(
-            X=pre.transform(rows, source),
+        t.fit_train(parts["train"][t.column])
+    numeric = [c for c in feature_cols if _is_numeric(kept[c])]
+    categorical = [c for c in feature_cols if c not in numeric]
+    pre = Preprocessor.fit(parts["train"], numeric, categorical, settings, tasks, len(kept))
+    splits = {}
+    for name, rows in parts.items():
+        X, C = pre.transform(rows, source)
+        splits[name] = Split(
+            X=X,
+            C=C,
             y={t.name: t.encode(rows[t.column]) for t in tasks},
-            rows=rows[features].reset_index(drop=True),
+            rows=rows[feature_cols].reset_index(drop=True),
         )
-        for name, rows in parts.items()
-    }
     return PreparedData(pre, splits, digest, source, n_rows=len(kept))

@@ -1,67 +1,98 @@
-"""The weighted, regularised multi-task loss.
+"""Task losses, the L1/L2 penalty, and the weighting that combines them.
 
-L = sum_t w_t * L_t + l1 * ||θ||_1 + l2 * ||θ||_2^2, with L_t the task's own
-loss (binary or multi-class cross-entropy, MSE on the standardised target)
-averaged over the rows whose label for that task is present.
+One masked function, :func:`task_loss_sums`, computes every per-task loss in the
+project: the training step, the validation objective and evaluation. A task's
+loss is its own per-row loss (:meth:`~mtl_core.tasks.Task.loss`) averaged over
+the rows whose label for that task is present.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from mtl_core.config import LossConfig
-from mtl_core.tasks import get_kind
+from mtl_core.tasks import Task
+from mtl_core.weighting import WEIGHTINGS, Weighting
+
+
+def task_loss_sums(
+    tasks: list[Task], outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed per-row loss and labelled-row count per task, over rows with a label.
+
+    Args:
+        tasks: The tasks, in order.
+        outputs: ``{task: (B, out_dim)}``.
+        targets: ``{task: (B,)}`` encoded targets, NaN where the label is missing.
+
+    Returns:
+        ``(sums (T,), counts (T,))``, float32, in task order.
+    """
+    sums, counts = [], []
+    for task in tasks:
+        y = targets[task.name]
+        # Masking by multiplication, not indexing, keeps the step free of host syncs.
+        mask = ~torch.isnan(y)
+        per_row = task.loss(outputs[task.name].float(), torch.where(mask, y, 0.0))  # (B,)
+        sums.append((per_row * mask).sum())
+        counts.append(mask.sum())
+    return torch.stack(sums), torch.stack(counts).float()
+
+
+def masked_task_losses(
+    tasks: list[Task], outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Mean loss per task over rows whose label is present (0 for a task with none)."""
+    sums, counts = task_loss_sums(tasks, outputs, targets)
+    means = sums / counts.clamp_min(1)
+    return {t.name: means[i] for i, t in enumerate(tasks)}
 
 
 def penalised_parameters(model: nn.Module, scope: str) -> list[nn.Parameter]:
-    """Weight matrices subject to L1/L2: the trunk's (``trunk``) or every one (``all``).
+    """Weight matrices subject to L1/L2: the shared ones (``trunk``) or every one (``all``).
 
     Biases and normalisation parameters (all 1-D) are never penalised.
     """
-    source = model.trunk if scope == "trunk" else model
-    return [p for p in source.parameters() if p.ndim >= 2]
+    source = model.shared_parameters() if scope == "trunk" else model.parameters()
+    return [p for p in source if p.ndim >= 2]
 
 
 class MultiTaskLoss:
-    """Callable computing the total loss and each task's loss.
+    """Task losses, the L1/L2 penalty and a weighting method, for one model.
 
     Args:
-        task_types: Task type per task name.
-        weights: Non-negative weight per task name.
+        tasks: The fitted tasks.
+        weighting: Turns task losses into gradients (:mod:`mtl_core.weighting`).
         l1: L1 penalty coefficient.
         l2: Squared-L2 penalty coefficient.
-        penalty_scope: ``trunk`` or ``all``.
+        penalty_scope: ``trunk`` (shared parameters) or ``all``.
     """
 
     def __init__(
         self,
-        task_types: dict[str, str],
-        weights: dict[str, float],
+        tasks: list[Task],
+        weighting: Weighting,
         l1: float = 0.0,
         l2: float = 0.0,
         penalty_scope: str = "trunk",
     ) -> None:
-        if set(weights) != set(task_types):
-            raise ValueError(f"weights {sorted(weights)} must match tasks {sorted(task_types)}")
-        if any(w < 0 for w in weights.values()):
-            raise ValueError(f"weights must be >= 0, got {weights}")
-        self.kinds = {name: get_kind(t) for name, t in task_types.items()}
-        self.weights = dict(weights)
+        self.tasks = list(tasks)
+        self.weighting = weighting
         self.l1, self.l2, self.scope = l1, l2, penalty_scope
+
+    @property
+    def names(self) -> list[str]:
+        """Task names, in order."""
+        return [t.name for t in self.tasks]
 
     def task_losses(
         self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Mean loss per task over rows whose label is present (NaN = missing)."""
-        losses = {}
-        for name, kind in self.kinds.items():
-            y = targets[name]
-            # Masking by multiplication, not indexing, keeps the step free of host syncs.
-            mask = ~torch.isnan(y)
-            per_row = kind.loss(outputs[name].float(), torch.where(mask, y, 0.0))  # (B,)
-            losses[name] = (per_row * mask).sum() / mask.sum().clamp_min(1)
-        return losses
+        return masked_task_losses(self.tasks, outputs, targets)
 
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
         """l1 * ||θ||_1 + l2 * ||θ||_2^2 over the penalised parameters."""
@@ -75,16 +106,18 @@ class MultiTaskLoss:
             total = total + self.l2 * sum(p.pow(2).sum() for p in params)
         return total
 
-    def __call__(
-        self, model: nn.Module, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(total, {task: task_loss})``; the task losses are unweighted."""
-        per_task = self.task_losses(outputs, targets)
-        total = sum(self.weights[n] * v for n, v in per_task.items()) + self.penalty(model)
-        return total, per_task
+    def backward(self, model: nn.Module, per_task: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Gradients of one step through the weighting method; returns the step's loss."""
+        return self.weighting.backward(per_task, self.penalty(model), model.shared_parameters())
+
+    def after_step(self, recompute: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Pass the post-step hook on to the weighting method."""
+        self.weighting.after_step(recompute)
 
 
-def build_loss(cfg: LossConfig, task_types: dict[str, str]) -> MultiTaskLoss:
-    """Build the loss from a config section; weights default to 1 per task."""
-    weights = dict(cfg.weights) if cfg.weights else dict.fromkeys(task_types, 1.0)
-    return MultiTaskLoss(task_types, weights, cfg.l1, cfg.l2, cfg.penalty_scope)
+def build_loss(cfg: LossConfig, tasks: list[Task]) -> MultiTaskLoss:
+    """The loss of a config section: its weighting method (static weights default to 1)."""
+    names = [t.name for t in tasks]
+    weights = {n: (cfg.weights or {}).get(n, 1.0) for n in names}
+    weighting = WEIGHTINGS.lookup(cfg.weighting)(names, weights)
+    return MultiTaskLoss(tasks, weighting, cfg.l1, cfg.l2, cfg.penalty_scope)

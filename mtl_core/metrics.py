@@ -11,36 +11,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl_core.data import PreparedData, TaskSpec
-from mtl_core.tasks import HIGHER_IS_BETTER, get_kind
+from mtl_core.data import PreparedData
+from mtl_core.losses import task_loss_sums
+from mtl_core.tasks import Task, metric_direction
 from mtl_core.train import predict_outputs
 
 
-def task_metrics(spec: TaskSpec, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def task_metrics(task: Task, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Metrics of one task on rows whose label is present.
 
     Args:
-        spec: The fitted task.
+        task: The fitted task.
         y: Encoded targets (N,), NaN where missing.
         scores: Model outputs (N, out_dim).
     """
     mask = ~np.isnan(y)
     if not mask.any():
         return {}
-    y, scores = y[mask], scores[mask]
-    if spec.type == "regression":
-        y, scores = spec.true_values(y), scores * spec.std + spec.mean
-    return get_kind(spec.type).metrics(y, scores)
+    return task.metrics(y[mask], scores[mask])
 
 
-def task_loss(spec: TaskSpec, y: np.ndarray, scores: np.ndarray) -> float:
-    """Mean training loss of one task over rows whose label is present."""
-    mask = ~np.isnan(y)
-    if not mask.any():
-        return float("nan")
-    kind = get_kind(spec.type)
-    out = kind.loss(torch.as_tensor(scores[mask]), torch.as_tensor(y[mask]))
-    return float(out.mean())
+def task_loss(task: Task, y: np.ndarray, scores: np.ndarray) -> float:
+    """Mean training loss of one task over rows whose label is present (NaN if none)."""
+    sums, counts = task_loss_sums(
+        [task], {task.name: torch.as_tensor(scores)}, {task.name: torch.as_tensor(y)}
+    )
+    return float(sums[0] / counts[0]) if counts[0] > 0 else float("nan")
 
 
 def evaluate(
@@ -57,18 +53,18 @@ def evaluate(
     out: dict[str, float] = {}
     for split in splits:
         s = data.splits[split]
-        scores = predict_outputs(model, s.X, device)
+        scores = predict_outputs(model, s.X, s.C, device)
         losses = []
-        for spec in data.tasks:
-            for m, v in task_metrics(spec, s.y[spec.name], scores[spec.name]).items():
-                out[f"{split}/{spec.name}/{m}"] = v
-            losses.append(task_loss(spec, s.y[spec.name], scores[spec.name]))
+        for task in data.tasks:
+            for m, v in task_metrics(task, s.y[task.name], scores[task.name]).items():
+                out[f"{split}/{task.name}/{m}"] = v
+            losses.append(task_loss(task, s.y[task.name], scores[task.name]))
         out[f"{split}/objective"] = float(np.nanmean(losses))
     return out
 
 
 def delta_m(
-    mtl: dict[str, float], stl: dict[str, float], tasks: list[TaskSpec], split: str = "test"
+    mtl: dict[str, float], stl: dict[str, float], tasks: list[Task], split: str = "test"
 ) -> float:
     """Average relative improvement of the multi-task model over single-task baselines, in %.
 
@@ -78,12 +74,12 @@ def delta_m(
     helped. Each task type averages its ``delta_m_metrics``.
     """
     per_task = []
-    for spec in tasks:
+    for task in tasks:
         rel = []
-        for m in get_kind(spec.type).delta_m_metrics:
-            key = f"{split}/{spec.name}/{m}"
+        for m in task.delta_m_metrics:
+            key = f"{split}/{task.name}/{m}"
             if key in mtl and key in stl and stl[key] != 0:
-                sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
+                sign = 1.0 if metric_direction(m) else -1.0
                 rel.append(sign * (mtl[key] - stl[key]) / abs(stl[key]))
         if rel:
             per_task.append(float(np.mean(rel)))

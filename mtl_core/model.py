@@ -1,104 +1,126 @@
-"""The multi-task network: one shared MLP trunk, one head per task.
+"""The multi-task model: an input encoder, then an architecture with a tower per task.
 
-Hard parameter sharing (Caruana, 1997): every task reads the same trunk
-representation; only the heads are task-specific.
+The model owns its configuration, the way nanoGPT's checkpoints carry
+``model_args``: a :class:`ModelSpec` holds everything needed to rebuild it (the
+``model`` and ``features`` config sections plus the sizes learned from the data)
+and travels with the saved weights, so serving rebuilds any architecture from
+the spec alone.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
-from mtl_core.config import ModelConfig
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "identity": nn.Identity,  # with one hidden layer: the seed's single shared Linear layer
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "silu": nn.SiLU,
-}
+from mtl_core.arch import ARCHS
+from mtl_core.config import FeaturesConfig, ModelConfig
+from mtl_core.inputs import InputEncoder, check_embedding_memory, piecewise_linear_bins
 
 
-def _norm(kind: str, width: int) -> nn.Module | None:
-    if kind == "batch":
-        return nn.BatchNorm1d(width)
-    if kind == "layer":
-        return nn.LayerNorm(width)
-    return None
+@dataclass
+class ModelSpec:
+    """Everything that rebuilds a :class:`MultiTaskModel`; JSON-ready.
 
-
-class MultiTaskNet(nn.Module):
-    """Shared trunk plus per-task heads.
-
-    Args:
-        in_dim: Input features.
-        out_dims: Output units per task, keyed by task name.
-        hidden: Trunk layer widths; ``[]`` makes the trunk the identity.
-        activation: A key of :data:`ACTIVATIONS`.
-        dropout: Dropout after each trunk layer.
-        norm: ``none``, ``batch`` or ``layer`` normalisation after each trunk layer.
-        head_hidden: Hidden units of each head; 0 gives linear heads.
+    Attributes:
+        model: The ``model`` config section.
+        features: The ``features`` config section.
+        n_numeric: Leading numeric columns of the dense input.
+        n_dense: Width of the dense input.
+        cardinalities: Codes per embedded categorical column (index 0 reserved).
+        embedding_dims: Embedding width per embedded categorical column.
+        out_dims: Output units per task, in task order.
+        bins: Piecewise-linear bin edges per numeric column, when used.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dims: dict[str, int],
-        hidden: list[int] | tuple[int, ...] = (64, 64),
-        activation: str = "relu",
-        dropout: float = 0.0,
-        norm: str = "none",
-        head_hidden: int = 0,
-    ) -> None:
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise KeyError(f"unknown activation '{activation}'; known: {sorted(ACTIVATIONS)}")
-        layers: list[nn.Module] = []
-        width = in_dim
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if (n := _norm(norm, h)) is not None:
-                layers.append(n)
-            layers.append(ACTIVATIONS[activation]())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        self.trunk = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict()
-        for name, out in out_dims.items():
-            if head_hidden:
-                self.heads[name] = nn.Sequential(
-                    nn.Linear(width, head_hidden),
-                    ACTIVATIONS[activation](),
-                    nn.Linear(head_hidden, out),
-                )
-            else:
-                self.heads[name] = nn.Linear(width, out)
+    model: dict[str, Any]
+    features: dict[str, Any]
+    n_numeric: int
+    n_dense: int
+    cardinalities: list[int]
+    embedding_dims: list[int]
+    out_dims: dict[str, int]
+    bins: list[list[float]] | None = field(default=None, repr=False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map inputs (B, in_dim) to ``{task: outputs (B, out_dim)}``."""
-        z = self.trunk(x)  # (B, width)
-        return {name: head(z) for name, head in self.heads.items()}
+    def to_json(self) -> str:
+        """The spec as JSON text."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        """Parse :meth:`to_json`'s output."""
+        return cls(**json.loads(text))
+
+
+class MultiTaskModel(nn.Module):
+    """Input encoder (:mod:`mtl_core.inputs`) plus an architecture (:mod:`mtl_core.arch`).
+
+    Args:
+        spec: What to build; kept as ``self.spec``.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        cfg = ModelConfig.model_validate(spec.model)
+        feats = FeaturesConfig.model_validate(spec.features)
+        self.encoder = InputEncoder(
+            spec.n_numeric,
+            spec.n_dense,
+            spec.cardinalities,
+            spec.embedding_dims,
+            numeric_embedding=feats.numeric_embedding,
+            numeric_embedding_dim=feats.numeric_embedding_dim,
+            n_frequencies=feats.n_frequencies,
+            frequency_scale=feats.frequency_scale,
+            bins=spec.bins,
+        )
+        self.body = ARCHS.lookup(cfg.arch)(self.encoder.out_dim, spec.out_dims, cfg)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Dense inputs ``x`` (B, n_dense) and codes ``c`` (B, n_cat) -> ``{task: (B, out)}``."""
+        return self.body(self.encoder(x, c))
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the trunk, shared by all tasks."""
-        return list(self.trunk.parameters())
+        """Parameters every task depends on: the encoder's and the architecture's shared ones."""
+        return [*self.encoder.parameters(), *self.body.shared_parameters()]
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Parameters of one task's head."""
-        return list(self.heads[task].parameters())
+        """Parameters only ``task`` depends on."""
+        return self.body.task_parameters(task)
 
 
-def build_model(cfg: ModelConfig, in_dim: int, out_dims: dict[str, int], seed: int) -> MultiTaskNet:
-    """Build a seeded :class:`MultiTaskNet` from a model config section."""
-    torch.manual_seed(seed)
-    return MultiTaskNet(
-        in_dim,
-        out_dims,
-        hidden=cfg.hidden,
-        activation=cfg.activation,
-        dropout=cfg.dropout,
-        norm=cfg.norm,
-        head_hidden=cfg.head_hidden,
+def model_spec(model: ModelConfig, features: FeaturesConfig, data) -> ModelSpec:
+    """The spec of a model for ``data`` (a :class:`~mtl_core.data.PreparedData`).
+
+    Piecewise-linear bins are computed from the training split here.
+
+    Raises:
+        DataError: The categorical embedding tables would not fit in memory.
+    """
+    pre = data.preprocessor
+    cards, dims = pre.cardinalities, pre.embedding_dims
+    if cards:
+        check_embedding_memory(pre.categorical, cards, dims)
+    bins = None
+    if features.numeric_embedding == "piecewise_linear" and pre.n_numeric:
+        bins = piecewise_linear_bins(data.splits["train"].X[:, : pre.n_numeric], features.n_bins)
+    return ModelSpec(
+        model=model.model_dump(mode="json"),
+        features=features.model_dump(mode="json"),
+        n_numeric=pre.n_numeric,
+        n_dense=pre.n_dense,
+        cardinalities=cards,
+        embedding_dims=dims,
+        out_dims=data.out_dims,
+        bins=bins,
     )
+
+
+def build_model(spec: ModelSpec, seed: int) -> MultiTaskModel:
+    """A seeded :class:`MultiTaskModel`."""
+    torch.manual_seed(seed)
+    return MultiTaskModel(spec)

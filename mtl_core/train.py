@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl_core.config import TrainConfig
+from mtl_core.config import ExperimentConfig, TrainConfig
 from mtl_core.data import PreparedData, Split
 from mtl_core.errors import NonFiniteLossError
-from mtl_core.losses import MultiTaskLoss
+from mtl_core.losses import MultiTaskLoss, build_loss, task_loss_sums
+from mtl_core.model import MultiTaskModel, build_model, model_spec
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -39,9 +40,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass
 class DeviceSplit:
-    """A split's features (N, in_dim) and targets {task: (N,)} on one device."""
+    """Inputs ``X`` (N, n_dense), ``C`` (N, n_cat) and targets {task: (N,)} on one device."""
 
     X: torch.Tensor
+    C: torch.Tensor
     y: dict[str, torch.Tensor]
 
     @classmethod
@@ -49,6 +51,7 @@ class DeviceSplit:
         """Copy a numpy split to ``device`` once."""
         return cls(
             X=torch.as_tensor(split.X, device=device),
+            C=torch.as_tensor(split.C, device=device),
             y={k: torch.as_tensor(v, device=device) for k, v in split.y.items()},
         )
 
@@ -108,17 +111,15 @@ def split_losses(
     """
     was_training = model.training
     model.eval()
-    names = list(loss.kinds)
+    names = loss.names
     sums = torch.zeros(len(names), device=split.X.device, dtype=torch.float64)
     counts = torch.zeros(len(names), device=split.X.device, dtype=torch.float64)
     for start in range(0, len(split), chunk):
-        out = model(split.X[start : start + chunk])
-        for i, name in enumerate(names):
-            y = split.y[name][start : start + chunk]
-            mask = ~torch.isnan(y)
-            per_row = loss.kinds[name].loss(out[name].float(), torch.where(mask, y, 0.0))
-            sums[i] += (per_row * mask).sum()
-            counts[i] += mask.sum()
+        rows = slice(start, start + chunk)
+        out = model(split.X[rows], split.C[rows])
+        s, n = task_loss_sums(loss.tasks, out, {t: split.y[t][rows] for t in names})
+        sums += s
+        counts += n
     model.train(was_training)
     # A task with no label in this split has no loss (NaN) and stays out of the objective.
     values = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan).tolist()
@@ -126,17 +127,15 @@ def split_losses(
     return float(np.nanmean(values)), per_task
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     try:  # the fused kernel updates every parameter in one call (CPU and CUDA)
-        return torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-        )
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int):
@@ -168,11 +167,12 @@ def train_epoch(
     """One pass over ``train`` in shuffled mini-batches; returns mean total and task losses."""
     model.train()
     device = train.X.device
-    names = list(loss.kinds)
+    names = loss.names
     n, bs = len(train), cfg.batch_size
     perm = torch.randperm(n, device=device, generator=generator)
     # One gather per epoch, then contiguous slices (views): far cheaper than a gather per batch.
-    X = train.X.index_select(0, perm)  # (N, in_dim)
+    X = train.X.index_select(0, perm)  # (N, n_dense)
+    C = train.C.index_select(0, perm)  # (N, n_cat)
     Y = {t: train.y[t].index_select(0, perm) for t in names}  # {task: (N,)}
     autocast = torch.autocast(
         device_type="cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"
@@ -184,22 +184,30 @@ def train_epoch(
         stop = min(start + bs, n)
         if stop - start < 2 and n > 1:  # a 1-row batch breaks batch norm and adds only noise
             continue
-        xb = X[start:stop]  # (B, in_dim)
+        xb, cb = X[start:stop], C[start:stop]  # (B, n_dense), (B, n_cat)
         yb = {t: Y[t][start:stop] for t in names}
         with autocast:
-            out = model(xb)
-        total, per_task = loss(model, out, yb)
+            out = model(xb, cb)
+        per_task = loss.task_losses(out, yb)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        total = loss.backward(model, per_task)
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         opt.step()
-        total_sum += total.detach()
+        loss.after_step(lambda xb=xb, cb=cb, yb=yb: _recompute(model, loss, xb, cb, yb, autocast))
+        total_sum += total
         task_sum += torch.stack([per_task[t].detach() for t in names])
         steps += 1
     steps = max(steps, 1)
     task_means = (task_sum / steps).tolist()  # the epoch's one host sync
     return total_sum.item() / steps, dict(zip(names, task_means, strict=True))
+
+
+@torch.no_grad()
+def _recompute(model, loss, xb, cb, yb, autocast) -> dict[str, torch.Tensor]:
+    with autocast:
+        out = model(xb, cb)
+    return loss.task_losses(out, yb)
 
 
 def fit(
@@ -214,11 +222,11 @@ def fit(
     """Train ``model`` on ``data``'s train split, early-stopping on ``val/objective``.
 
     Args:
-        model: A :class:`~mtl_core.model.MultiTaskNet` (or any module returning
-            ``{task: outputs}``); it is moved to the device and left holding the
-            best weights.
+        model: A :class:`~mtl_core.model.MultiTaskModel` (or any module mapping
+            ``(x, c)`` to ``{task: outputs}`` with ``shared_parameters()``); it is
+            moved to the device and left holding the best weights.
         data: Prepared splits; only ``train`` and ``val`` are used.
-        loss: The weighted, regularised loss.
+        loss: Task losses, penalty and weighting method.
         cfg: Optimiser, schedule, clipping, early stopping and seed.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda:N``; default ``cfg.device``.
         callbacks: Called after every epoch with its :class:`EpochLog`. An
@@ -235,10 +243,12 @@ def fit(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     model.to(dev)
+    loss.weighting.to(dev)
     train = DeviceSplit.from_split(data.splits["train"], dev)
     val = DeviceSplit.from_split(data.splits["val"], dev)
     n_epochs = epochs or cfg.epochs
-    opt = _optimizer(model, cfg)
+    # A weighting method's own parameters (learned task weights) join the optimiser.
+    opt = _optimizer([*model.parameters(), *loss.weighting.parameters()], cfg)
     sched = _scheduler(opt, cfg, n_epochs)
 
     history: list[EpochLog] = []
@@ -249,6 +259,7 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         train_loss, train_tasks = train_epoch(model, train, loss, opt, cfg, generator)
         _check_finite(epoch, train_loss, train_tasks)
+        loss.weighting.epoch_end(train_tasks)
         val_obj, val_tasks = split_losses(model, val, loss)
         _check_finite(epoch, val_obj, val_tasks)
         if sched is not None:
@@ -274,16 +285,63 @@ def fit(
     )
 
 
+def train_from_config(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    *,
+    device: str | torch.device | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    epochs: int | None = None,
+) -> tuple[MultiTaskModel, FitResult]:
+    """Build the model, loss and optimiser of ``cfg`` and train them: the one training recipe.
+
+    The search's trials, the final model, the single-task baselines and the
+    benchmarks all train through here, so they cannot drift apart.
+
+    Args:
+        cfg: The experiment; its ``features``, ``model``, ``loss`` and ``train`` sections apply.
+        data: Prepared data in ``cfg.features``' representation (see
+            :meth:`~mtl_core.data.PreparedData.with_features`).
+        device: Overrides ``cfg.train.device``.
+        callbacks: Per-epoch callbacks, as in :func:`fit`.
+        epochs: Overrides ``cfg.train.epochs``.
+
+    Returns:
+        The trained model (holding its best weights) and the fit's result.
+
+    Raises:
+        ValueError: ``data`` was prepared for another feature representation.
+        NonFiniteLossError: Training diverged.
+    """
+    if data.preprocessor.settings.preprocessing_key() != cfg.features.preprocessing_key():
+        raise ValueError(
+            "data was prepared with features "
+            f"{data.preprocessor.settings.preprocessing_key()}, the config asks for "
+            f"{cfg.features.preprocessing_key()}; use data.with_features(cfg.features)"
+        )
+    model = build_model(model_spec(cfg.model, cfg.features, data), cfg.train.seed)
+    loss = build_loss(cfg.loss, data.tasks)
+    result = fit(model, data, loss, cfg.train, device=device, callbacks=callbacks, epochs=epochs)
+    return model, result
+
+
 def predict_outputs(
-    model: nn.Module, X: np.ndarray, device: str | torch.device = "auto", chunk: int = 65536
+    model: nn.Module,
+    X: np.ndarray,
+    C: np.ndarray | None = None,
+    device: str | torch.device = "auto",
+    chunk: int = 65536,
 ) -> dict[str, np.ndarray]:
-    """Raw model outputs ``{task: (N, out_dim)}`` for a feature matrix, in eval mode."""
+    """Raw model outputs ``{task: (N, out_dim)}`` for inputs ``X`` and codes ``C``, in eval mode."""
     dev = resolve_device(device)
     model.to(dev).eval()
+    if C is None:
+        C = np.zeros((len(X), 0), dtype=np.int64)
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for start in range(0, len(X), chunk):
             xb = torch.as_tensor(X[start : start + chunk], device=dev)
-            for name, out in model(xb).items():
+            cb = torch.as_tensor(C[start : start + chunk], device=dev)
+            for name, out in model(xb, cb).items():
                 parts.setdefault(name, []).append(out.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}

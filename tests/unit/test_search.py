@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from mtl_core import search
+from mtl_core.integrations import search
 from mtl_core.config import flat_params
 from mtl_core.data import prepare
 from mtl_core.errors import ConfigError, SearchError

@@ -8,13 +8,17 @@ from __future__ import annotations
 import warnings
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from mtl_core.tasks import Task, metric_direction
 
-from mtl_core.data import TaskSpec  # noqa: E402
-from mtl_core.tasks import HIGHER_IS_BETTER  # noqa: E402
+
+def _pyplot():
+    # Chosen on first use, not at import: figures are drawn off the main thread, headless.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def optimization_history(study) -> Figure:
@@ -42,16 +46,16 @@ def param_importances(study) -> Figure | None:
 
 
 def mtl_vs_baselines(
-    tasks: list[TaskSpec], mtl: dict[str, float], stl: dict[str, float], split: str = "test"
+    tasks: list[Task], mtl: dict[str, float], stl: dict[str, float], split: str = "test"
 ) -> Figure:
     """Bar chart of each task's metrics: multi-task model against its single-task baseline."""
     keys = [k for k in mtl if k.startswith(f"{split}/") and k.count("/") == 2 and k in stl]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(2.2 * max(1, len(keys)), 3.2))
+    fig, axes = _pyplot().subplots(1, max(1, len(keys)), figsize=(2.2 * max(1, len(keys)), 3.2))
     axes = axes if hasattr(axes, "__len__") else [axes]
     for ax, key in zip(axes, keys, strict=False):
         _, task, metric = key.split("/")
         ax.bar(["MTL", "single"], [mtl[key], stl[key]], color=["tab:blue", "tab:gray"])
-        arrow = "↑" if HIGHER_IS_BETTER.get(metric, True) else "↓"
+        arrow = "↑" if metric_direction(metric) else "↓"
         ax.set_title(f"{task}\n{metric} {arrow}", fontsize=9)
         ax.tick_params(labelsize=8)
     fig.suptitle(f"{split} metrics: multi-task vs single-task ({len(tasks)} tasks)", fontsize=10)
@@ -61,4 +65,4 @@ def mtl_vs_baselines(
 
 def close(fig: Figure) -> None:
     """Release a figure's memory."""
-    plt.close(fig)
+    _pyplot().close(fig)

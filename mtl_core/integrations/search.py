@@ -25,10 +25,8 @@ import torch
 from mtl_core.config import ExperimentConfig, SearchConfig, state_dir
 from mtl_core.data import PreparedData
 from mtl_core.errors import ConfigError, MTLError, SearchError
-from mtl_core.losses import build_loss
 from mtl_core.metrics import evaluate
-from mtl_core.model import build_model
-from mtl_core.train import EpochLog, fit
+from mtl_core.train import EpochLog, train_from_config
 
 FINISHED = (
     optuna.trial.TrialState.COMPLETE,
@@ -236,7 +234,6 @@ def make_objective(
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: train with sampled params, return the best val objective."""
     tasks = [t.name for t in data.tasks]
-    task_types = {t.name: t.type for t in data.tasks}
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg.search, tasks)
@@ -254,20 +251,15 @@ def make_objective(
             if logger_factory is not None:
                 logger = logger_factory(trial.number, params)
             trial_cfg = apply_params(cfg, params)
-            model = build_model(
-                trial_cfg.model, data.preprocessor.n_inputs, data.out_dims, trial_cfg.train.seed
-            )
-            loss = build_loss(trial_cfg.loss, task_types)
-            result = fit(
-                model,
-                data,
-                loss,
-                trial_cfg.train,
+            trial_data = data.with_features(trial_cfg.features)
+            model, result = train_from_config(
+                trial_cfg,
+                trial_data,
                 device=device,
                 callbacks=[report],
                 epochs=cfg.search.trial_epochs,
             )
-            metrics = evaluate(model, data, ("val",), device)  # never the test split here
+            metrics = evaluate(model, trial_data, ("val",), device)  # never the test split
             # The epoch history already holds val/objective; the summary gets its own keys.
             metrics.pop("val/objective")
             metrics.update(

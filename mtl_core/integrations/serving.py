@@ -5,12 +5,14 @@ is wrapped in a ``PythonModel``: preprocessing runs inside, and ``predict``
 returns one DataFrame with, per task, the class (and probabilities) or the
 value. The ``mtl_core`` package travels with the model as code, so it loads
 in a fresh process without this repository.
+
+Nothing in the model is a pickle: the network is rebuilt from its
+:class:`~mtl_core.model.ModelSpec` (JSON) and a weights-only state dict, and the
+preprocessor from JSON plus a ``skops`` file that loads scikit-learn types only.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,66 +22,61 @@ import pandas as pd
 import torch
 from mlflow.models import infer_signature
 
-from mtl_core.data import Preprocessor
-from mtl_core.model import MultiTaskNet
+from mtl_core.model import ModelSpec, MultiTaskModel
+from mtl_core.preprocess import Preprocessor
 from mtl_core.train import predict_outputs
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the mtl_core package
 
 
 class MultiTaskPyfunc(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper: raw feature rows in, one prediction DataFrame out."""
 
     def load_context(self, context) -> None:
-        """Load the network weights, its shape and the fitted preprocessor."""
-        spec = json.loads(Path(context.artifacts["spec"]).read_text())
-        self.net = MultiTaskNet(**spec)
+        """Rebuild the network from its spec, load its weights and the preprocessor."""
+        spec = ModelSpec.from_json(Path(context.artifacts["spec"]).read_text())
+        self.net = MultiTaskModel(spec)
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.eval()
-        with open(context.artifacts["preprocessor"], "rb") as f:
-            self.pre: Preprocessor = pickle.load(f)
+        self.pre = Preprocessor.load(Path(context.artifacts["preprocessor"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """Score raw rows; returns ``{task}`` plus ``{task}_proba[_{class}]`` columns."""
-        X = self.pre.transform(pd.DataFrame(model_input), source="model input")
-        return self.pre.predictions(predict_outputs(self.net, X, device="cpu"))
+        X, C = self.pre.transform(pd.DataFrame(model_input), source="model input")
+        return self.pre.predictions(predict_outputs(self.net, X, C, device="cpu"))
 
 
 def save_pyfunc(
-    path: Path, net: MultiTaskNet, spec: dict, pre: Preprocessor, input_example: pd.DataFrame
+    path: Path, net: MultiTaskModel, pre: Preprocessor, input_example: pd.DataFrame
 ) -> None:
     """Write the pyfunc model directory at ``path`` (signature and input example included).
 
     Args:
         path: Target directory; must not exist yet.
-        net: The trained network (any device).
-        spec: The keyword arguments that rebuild ``net`` (``MultiTaskNet(**spec)``).
-        pre: The fitted preprocessor.
+        net: The trained model (any device); its ``spec`` is saved with it.
+        pre: The fitted preprocessor of the data it was trained on.
         input_example: A few raw feature rows.
     """
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp / "weights.pt")
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        with open(tmp / "preprocessor.pkl", "wb") as f:
-            pickle.dump(pre, f)
+        (tmp / "spec.json").write_text(net.spec.to_json())
+        pre.save(tmp / "preprocessor")
         example = input_example.reset_index(drop=True)
         # Integer columns become float so the signature accepts rows with missing values.
         ints = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c])]
         example = example.astype(dict.fromkeys(ints, "float64"))
-        preds = pre.predictions(predict_outputs(net, pre.transform(example), device="cpu"))
+        X, C = pre.transform(example)
+        preds = pre.predictions(predict_outputs(net, X, C, device="cpu"))
         warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
         mlflow.pyfunc.save_model(
             path=str(path),
-            python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),  # MLflow's models-from-code
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models-from-code
             artifacts={
-                n: str(tmp / f)
-                for n, f in (
-                    ("weights", "weights.pt"),
-                    ("spec", "spec.json"),
-                    ("preprocessor", "preprocessor.pkl"),
-                )
+                "weights": str(tmp / "weights.pt"),
+                "spec": str(tmp / "spec.json"),
+                "preprocessor": str(tmp / "preprocessor"),
             },
             code_paths=[str(PACKAGE_DIR)],
             signature=infer_signature(example, preds),
@@ -92,5 +89,6 @@ def save_pyfunc(
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    pins = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "pandas", "scikit-learn", "numpy")]
+    pkgs = ("mlflow", "pandas", "scikit-learn", "numpy", "pydantic", "pyyaml", "skops")
+    pins = [f"{pkg}=={version(pkg)}" for pkg in (*pkgs, "rtdl_num_embeddings")]
     return [*pins, f"torch=={torch.__version__.split('+')[0]}"]

@@ -6,6 +6,6 @@ MLflow copies this file into the model and runs it at load time; the
 
 import mlflow.models
 
-from mtl_core.serving import MultiTaskPyfunc
+from mtl_core.integrations.serving import MultiTaskPyfunc
 
 mlflow.models.set_model(MultiTaskPyfunc())

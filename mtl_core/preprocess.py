@@ -1,0 +1,265 @@
+"""The scikit-learn side of the input representation, fitted on the training split only.
+
+A :class:`Preprocessor` turns raw feature rows into the two matrices a model reads:
+
+- ``x`` (N, n_dense) float32: numeric columns, imputed (median) and either
+  standardised or quantile-transformed to a normal shape (``features.numeric``),
+  followed by one-hot columns when ``features.categorical`` is ``onehot``;
+- ``c`` (N, n_categorical) int64: one code per categorical column when
+  ``features.categorical`` is ``embedding``. Code 0 is reserved for a category
+  never seen in training, so new categories at predict time still score.
+
+It also carries the fitted tasks, which turn model outputs back into named
+prediction columns. It is saved without pickle: its settings and tasks as JSON,
+the scikit-learn transformers with ``skops.io``, which loads only types it trusts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import (
+    OneHotEncoder,
+    OrdinalEncoder,
+    QuantileTransformer,
+    StandardScaler,
+)
+
+from mtl_core.config import FeaturesConfig
+from mtl_core.errors import DataError
+from mtl_core.inputs import embedding_dim, memory_budget_bytes
+from mtl_core.tasks import Task, task_from_dict
+
+MISSING = "<missing>"
+JSON_FILE = "preprocessor.json"
+SKOPS_FILE = "transformers.skops"
+
+
+def as_category(series: pd.Series) -> pd.Series:
+    """Categorical values as strings; missing values become their own level.
+
+    Missingness is often informative, so it is kept as the level ``<missing>``.
+    """
+    return series.astype(object).where(series.notna(), MISSING).astype(str)
+
+
+def _scaler(kind: str, n_rows: int):
+    if kind == "quantile":
+        return QuantileTransformer(
+            output_distribution="normal", n_quantiles=max(2, min(1000, n_rows)), random_state=0
+        )
+    return StandardScaler()
+
+
+@dataclass
+class Preprocessor:
+    """Feature transforms and fitted tasks; see the module docstring.
+
+    Attributes:
+        features: Raw feature columns, in order.
+        numeric: The numeric ones among them.
+        categorical: The categorical ones.
+        settings: The ``features`` config section it was fitted with.
+        dense: Transformer producing ``x`` (None when there is no dense column).
+        codes: Encoder producing ``c`` (None unless categorical columns are embedded).
+        tasks: The fitted tasks, in config order.
+    """
+
+    features: list[str]
+    numeric: list[str]
+    categorical: list[str]
+    settings: FeaturesConfig
+    dense: ColumnTransformer | None
+    codes: OrdinalEncoder | None
+    tasks: list[Task]
+
+    @classmethod
+    def fit(
+        cls,
+        rows: pd.DataFrame,
+        numeric: list[str],
+        categorical: list[str],
+        settings: FeaturesConfig,
+        tasks: list[Task],
+        n_rows: int | None = None,
+    ) -> Preprocessor:
+        """Fit on the training rows.
+
+        Args:
+            rows: Raw training rows holding the feature columns.
+            numeric: Numeric feature columns.
+            categorical: Categorical feature columns.
+            settings: How to represent them.
+            tasks: Fitted tasks, carried along for predictions.
+            n_rows: Rows the whole dataset has, to check that one-hot columns fit in memory.
+
+        Raises:
+            DataError: One-hot columns would not fit in memory.
+        """
+        features = [*numeric, *categorical]
+        cats = pd.DataFrame({c: as_category(rows[c]) for c in categorical}, index=rows.index)
+        embed = settings.categorical == "embedding"
+        if categorical and not embed:
+            _check_onehot_memory(cats, n_rows or len(rows))
+        parts = []
+        if numeric:
+            scaler = _scaler(settings.numeric, len(rows))
+            parts.append(("num", make_pipeline(SimpleImputer(strategy="median"), scaler), numeric))
+        if categorical and not embed:
+            parts.append(
+                ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)
+            )
+        dense = ColumnTransformer(parts, verbose_feature_names_out=False) if parts else None
+        codes = None
+        if categorical and embed:
+            codes = OrdinalEncoder(
+                handle_unknown="use_encoded_value", unknown_value=-1, dtype=np.int64
+            )
+            codes.fit(cats)
+        pre = cls(features, numeric, categorical, settings, dense, codes, tasks)
+        if dense is not None:
+            dense.fit(pre._frame(rows))
+        return pre
+
+    def _frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+        out = rows[self.features].copy()
+        for c in self.categorical:
+            out[c] = as_category(out[c])
+        return out
+
+    def transform(
+        self, frame: pd.DataFrame, source: str = "input"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw rows -> ``x`` (N, n_dense) float32 and ``c`` (N, n_categorical) int64.
+
+        Raises:
+            DataError: A feature column is missing, or a numeric one holds text.
+        """
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise DataError(f"{source}: missing feature column(s) {missing}")
+        cols = self._frame(frame)
+        for c in self.numeric:
+            try:
+                cols[c] = pd.to_numeric(cols[c])
+            except (TypeError, ValueError):
+                raise DataError(f"{source}: column '{c}' must be numeric") from None
+        n = len(cols)
+        x = (
+            np.asarray(self.dense.transform(cols), dtype=np.float32)
+            if self.dense is not None
+            else np.zeros((n, 0), dtype=np.float32)
+        )
+        if self.codes is not None:
+            c = self.codes.transform(cols[self.categorical]).astype(np.int64) + 1  # 0 = unseen
+        else:
+            c = np.zeros((n, 0), dtype=np.int64)
+        return x, c
+
+    def predictions(self, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+        """Model outputs per task -> one DataFrame with named columns per task."""
+        cols: dict[str, np.ndarray] = {}
+        for task in self.tasks:
+            cols.update(task.decode(outputs[task.name]))
+        return pd.DataFrame(cols)
+
+    @property
+    def n_numeric(self) -> int:
+        """Leading columns of ``x`` that are numeric."""
+        return len(self.numeric)
+
+    @property
+    def n_dense(self) -> int:
+        """Width of ``x``."""
+        return 0 if self.dense is None else len(self.dense.get_feature_names_out())
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Codes per embedded categorical column, the reserved index 0 included."""
+        if self.codes is None:
+            return []
+        return [len(levels) + 1 for levels in self.codes.categories_]
+
+    @property
+    def embedding_dims(self) -> list[int]:
+        """Embedding width per embedded categorical column."""
+        return [embedding_dim(n - 1, self.settings.embedding_dim) for n in self.cardinalities]
+
+    def with_tasks(self, tasks: list[Task]) -> Preprocessor:
+        """The same transforms, carrying other tasks (single-task baselines)."""
+        return Preprocessor(
+            self.features,
+            self.numeric,
+            self.categorical,
+            self.settings,
+            self.dense,
+            self.codes,
+            tasks,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, folder: Path) -> None:
+        """Write ``preprocessor.json`` and ``transformers.skops`` into ``folder``."""
+        import skops.io as sio
+
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "features": self.features,
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "settings": self.settings.model_dump(mode="json"),
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+        (folder / JSON_FILE).write_text(json.dumps(meta, indent=1))
+        sio.dump({"dense": self.dense, "codes": self.codes}, folder / SKOPS_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> Preprocessor:
+        """Read what :meth:`save` wrote; refuses any type outside scikit-learn and numpy.
+
+        Raises:
+            DataError: The transformer file holds a type that is not trusted.
+        """
+        import skops.io as sio
+
+        meta = json.loads((folder / JSON_FILE).read_text())
+        path = folder / SKOPS_FILE
+        untrusted = [t for t in sio.get_untrusted_types(file=path) if not _trusted(t)]
+        if untrusted:
+            raise DataError(f"{path}: refusing to load untrusted type(s) {untrusted}")
+        parts = sio.load(path, trusted=sio.get_untrusted_types(file=path))
+        return cls(
+            meta["features"],
+            meta["numeric"],
+            meta["categorical"],
+            FeaturesConfig.model_validate(meta["settings"]),
+            parts["dense"],
+            parts["codes"],
+            [task_from_dict(t) for t in meta["tasks"]],
+        )
+
+
+def _trusted(type_name: str) -> bool:
+    """Types a saved preprocessor may contain: scikit-learn's and numpy's own."""
+    return type_name.startswith(("sklearn.", "numpy.")) or type_name in {"builtins.slice"}
+
+
+def _check_onehot_memory(cats: pd.DataFrame, n_rows: int) -> None:
+    widths = cats.nunique()
+    need = n_rows * int(widths.sum() + len(widths)) * 4 * 2  # float32, host and device copies
+    budget = memory_budget_bytes()
+    if need > budget:
+        widest = str(widths.idxmax())
+        raise DataError(
+            f"features.categorical=onehot: column '{widest}' has {int(widths.max()):,} levels, "
+            f"and one-hot columns for {n_rows:,} rows need {need / 2**30:.1f} GiB, over the "
+            f"{budget / 2**30:.1f} GiB allowed; set features.categorical=embedding"
+        )
