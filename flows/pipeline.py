@@ -266,7 +266,7 @@ def log_results(
     best = {
         f"best.{k}": v
         for k, v in flat_params(final.cfg).items()
-        if k.startswith(("tasks.", "loss.", "train.lr", "model."))
+        if k.startswith(("tasks.", "loss.", "train.lr", "train.batch_size", "model.", "features."))
     }
     tracking.log_params(client, parent.run_id, {**best, "best.trial": best_number})
     figs = {

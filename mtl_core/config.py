@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -209,7 +210,11 @@ class Range(_Strict):
 
 
 class SearchConfig(_Strict):
-    """The Optuna search over task weights, penalties and learning rate."""
+    """The Optuna search: task weights, penalties and learning rate, plus the open choices.
+
+    Every choice field (``arch``, ``weighting``, ``numeric_embedding``, ...) is a
+    list the search picks from, or null to keep the config's own value.
+    """
 
     n_trials: int = Field(20, ge=1, description="Finished trials the study should hold.")
     timeout_minutes: float | None = Field(None, gt=0)
@@ -222,12 +227,45 @@ class SearchConfig(_Strict):
     pruner_startup_trials: int = Field(3, ge=0, description="Trials run before any pruning.")
     pruner_warmup_epochs: int = Field(2, ge=0, description="Epochs of a trial before pruning.")
     trial_epochs: int | None = Field(None, ge=1, description="Epochs per trial; default train.")
-    weights: bool = Field(True, description="Search task weights on the simplex.")
+    weights: bool = Field(True, description="Search task weights on the simplex (static only).")
     l1: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))
     l2: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))
     lr: Range | None = Field(default_factory=lambda: Range(low=1e-4, high=1e-2))
-    width: list[int] | None = Field(None, description="Trunk widths to choose from.")
     dropout: Range | None = None
+    # Choices: each a list to choose from, or null to keep the config's own value.
+    width: list[PositiveInt] | None = Field(None, min_length=1, description="Layer widths.")
+    depth: list[PositiveInt] | None = Field(None, min_length=1, description="Layer counts.")
+    batch_size: list[PositiveInt] | None = Field(None, min_length=1)
+    arch: list[str] | None = Field(None, min_length=1, description="Architectures.")
+    n_experts: list[PositiveInt] | None = Field(
+        None, min_length=1, description="Expert counts, for mmoe and ple only."
+    )
+    weighting: list[str] | None = Field(None, min_length=1, description="Weighting methods.")
+    numeric: list[Literal["standard", "quantile"]] | None = Field(None, min_length=1)
+    numeric_embedding: list[Literal["none", "periodic", "piecewise_linear"]] | None = Field(
+        None, min_length=1
+    )
+    categorical: list[Literal["onehot", "embedding"]] | None = Field(None, min_length=1)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_archs(cls, value: list[str] | None) -> list[str] | None:
+        from mtl_core.arch import ARCHS
+
+        unknown = [v for v in value or [] if v not in ARCHS]
+        if unknown:
+            raise ValueError(f"unknown architecture(s) {unknown}; known: {sorted(ARCHS)}")
+        return value
+
+    @field_validator("weighting")
+    @classmethod
+    def _known_weightings(cls, value: list[str] | None) -> list[str] | None:
+        from mtl_core.weighting import WEIGHTINGS
+
+        unknown = [v for v in value or [] if v not in WEIGHTINGS]
+        if unknown:
+            raise ValueError(f"unknown weighting method(s) {unknown}; known: {sorted(WEIGHTINGS)}")
+        return value
 
 
 class TrackingConfig(_Strict):

@@ -1,4 +1,10 @@
-"""Optuna search over task weights, L1/L2 penalties, learning rate and trunk shape.
+"""Optuna search over task weights, penalties, learning rate, and the config's open choices.
+
+The open choices (``search.arch``, ``search.weighting``, ``search.numeric_embedding``,
+``search.width``, ...) make architecture, representation, capacity and weighting
+method part of the search, with conditional parameters: an expert count only
+for architectures with experts, static task weights only for the ``static``
+weighting.
 
 The only module of the library that imports Optuna. Trials report each
 epoch's validation objective to a median pruner through ``fit``'s callbacks.
@@ -95,12 +101,24 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (the default) or random sampler."""
+    """Seeded TPE (the default) or random sampler.
+
+    TPE is multivariate with ``group=True``, which Optuna recommends for
+    conditional spaces (an expert count exists only when an architecture with
+    experts is chosen), and uses ``constant_liar`` so that workers sharing a study
+    do not all sample next to the same promising point.
+    """
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(
-        seed=cfg.seed, n_startup_trials=min(10, cfg.n_trials // 2 + 1)
-    )
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=cfg.seed,
+            n_startup_trials=min(10, cfg.n_trials // 2 + 1),
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
 
 
 def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
@@ -158,17 +176,55 @@ def simplex_weights(u: list[float], n_tasks: int) -> list[float]:
     return [w * n_tasks for w in weights]
 
 
-def suggest(trial: optuna.Trial, space: SearchConfig, tasks: list[str]) -> dict[str, Any]:
-    """Sample one point; returns flat keys (``tasks.a.weight``, ``loss.l1``, ``train.lr``, ...).
+# Architectures that have experts, so that ``search.n_experts`` applies to them.
+EXPERT_ARCHS = ("mmoe", "ple")
 
-    Every key is present in every trial (a penalty that is off is 0.0), so
-    logged params line up across trials.
+
+def _choose(trial: optuna.Trial, name: str, choices: list | None, default: Any) -> Any:
+    """``trial``'s pick among ``choices``; the config's ``default`` when the choice is closed."""
+    if not choices:
+        return default
+    return trial.suggest_categorical(name, list(choices))
+
+
+def suggest(trial: optuna.Trial, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Sample one point; returns flat keys (``tasks.a.weight``, ``loss.l1``, ``model.arch``, ...).
+
+    Every key of the space is present in every trial, so logged params line up
+    across trials: a penalty that is off is 0.0, and a parameter that does not
+    apply to this trial's other choices is None (task weights under a weighting
+    method that learns its own, an expert count for an architecture without
+    experts).
     """
+    from mtl_core.weighting import WEIGHTINGS
+
+    space, tasks = cfg.search, cfg.task_names
     params: dict[str, Any] = {}
+    # Representation, architecture and weighting first: the rest is conditional on them.
+    for key in ("numeric", "numeric_embedding", "categorical"):
+        if getattr(space, key):
+            params[f"features.{key}"] = _choose(
+                trial, key, getattr(space, key), getattr(cfg.features, key)
+            )
+    arch = _choose(trial, "arch", space.arch, cfg.model.arch)
+    if space.arch:
+        params["model.arch"] = arch
+    if space.n_experts:
+        params["model.n_experts"] = (
+            trial.suggest_categorical("n_experts", list(space.n_experts))
+            if arch in EXPERT_ARCHS
+            else None
+        )
+    weighting = _choose(trial, "weighting", space.weighting, cfg.loss.weighting)
+    if space.weighting:
+        params["loss.weighting"] = weighting
     if space.weights and len(tasks) > 1:
-        u = [trial.suggest_float(f"weight_u{i}", 0.0, 1.0) for i in range(len(tasks) - 1)]
-        for name, w in zip(tasks, simplex_weights(u, len(tasks)), strict=True):
-            params[f"tasks.{name}.weight"] = w
+        if WEIGHTINGS.lookup(weighting).learns_weights:
+            params.update({f"tasks.{name}.weight": None for name in tasks})
+        else:
+            u = [trial.suggest_float(f"weight_u{i}", 0.0, 1.0) for i in range(len(tasks) - 1)]
+            for name, w in zip(tasks, simplex_weights(u, len(tasks)), strict=True):
+                params[f"tasks.{name}.weight"] = w
     for key, rng in (("l1", space.l1), ("l2", space.l2)):
         if rng is not None:
             on = trial.suggest_categorical(f"{key}_on", [True, False])
@@ -179,8 +235,12 @@ def suggest(trial: optuna.Trial, space: SearchConfig, tasks: list[str]) -> dict[
         params["train.lr"] = trial.suggest_float(
             "lr", space.lr.low, space.lr.high, log=space.lr.log
         )
+    if space.batch_size:
+        params["train.batch_size"] = trial.suggest_categorical("batch_size", list(space.batch_size))
     if space.width:
-        params["model.width"] = trial.suggest_categorical("width", space.width)
+        params["model.width"] = trial.suggest_categorical("width", list(space.width))
+    if space.depth:
+        params["model.depth"] = trial.suggest_categorical("depth", list(space.depth))
     if space.dropout is not None:
         params["model.dropout"] = trial.suggest_float(
             "dropout", space.dropout.low, space.dropout.high, log=space.dropout.log
@@ -189,17 +249,23 @@ def suggest(trial: optuna.Trial, space: SearchConfig, tasks: list[str]) -> dict[
 
 
 def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
-    """A copy of ``cfg`` with sampled flat params applied."""
+    """A copy of ``cfg`` with sampled flat params applied (None values do not apply)."""
     data = cfg.model_dump()
-    weights = {k.split(".")[1]: v for k, v in params.items() if k.startswith("tasks.")}
+    weights = {
+        k.split(".")[1]: v for k, v in params.items() if k.startswith("tasks.") and v is not None
+    }
     if weights:
         data["loss"]["weights"] = weights
+    hidden = list(cfg.model.hidden) or [64]
+    width = params.get("model.width")
+    depth = params.get("model.depth")
+    if width is not None or depth is not None:
+        data["model"]["hidden"] = [int(width or hidden[0])] * int(depth or len(hidden))
     for key, value in params.items():
-        if key == "model.width":
-            data["model"]["hidden"] = [int(value)] * max(1, len(cfg.model.hidden))
-        elif not key.startswith("tasks."):
-            section, name = key.split(".")
-            data[section][name] = value
+        if key.startswith("tasks.") or key in ("model.width", "model.depth") or value is None:
+            continue
+        section, name = key.split(".")
+        data[section][name] = value
     return ExperimentConfig.model_validate(data)
 
 
@@ -233,10 +299,16 @@ def make_objective(
     logger_factory: TrialLoggerFactory | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: train with sampled params, return the best val objective."""
-    tasks = [t.name for t in data.tasks]
+    variants: dict[tuple[str, str], PreparedData] = {}  # data per scikit-learn representation
+
+    def represent(trial_cfg: ExperimentConfig) -> PreparedData:
+        key = trial_cfg.features.preprocessing_key()
+        if key not in variants:
+            variants[key] = data.with_features(trial_cfg.features)
+        return variants[key].with_features(trial_cfg.features)
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, cfg.search, tasks)
+        params = suggest(trial, cfg)
         trial.set_user_attr("params", params)
         logger: TrialLogger | None = None
 
@@ -251,7 +323,7 @@ def make_objective(
             if logger_factory is not None:
                 logger = logger_factory(trial.number, params)
             trial_cfg = apply_params(cfg, params)
-            trial_data = data.with_features(trial_cfg.features)
+            trial_data = represent(trial_cfg)
             model, result = train_from_config(
                 trial_cfg,
                 trial_data,

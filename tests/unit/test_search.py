@@ -6,10 +6,10 @@ import numpy as np
 import optuna
 import pytest
 
-from mtl_core.integrations import search
 from mtl_core.config import flat_params
 from mtl_core.data import prepare
 from mtl_core.errors import ConfigError, SearchError
+from mtl_core.integrations import search
 
 STUDY = [
     "search.n_trials=5",
@@ -64,10 +64,10 @@ def test_suggest_gives_the_same_keys_in_every_trial(tiny_synthetic):
         *STUDY, "search.width=[8, 16]", "search.dropout={low: 0.0, high: 0.3, log: false}"
     )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    params = [search.suggest(study.ask(), cfg.search, ["a", "b"]) for _ in range(20)]
+    params = [search.suggest(study.ask(), cfg) for _ in range(20)]
     keys = {
-        "tasks.a.weight",
-        "tasks.b.weight",
+        "tasks.y0_value.weight",
+        "tasks.y1_positive.weight",
         "loss.l1",
         "loss.l2",
         "train.lr",
@@ -78,7 +78,7 @@ def test_suggest_gives_the_same_keys_in_every_trial(tiny_synthetic):
     assert any(p["loss.l1"] == 0.0 for p in params)  # a penalty switched off is logged as 0.0
     assert any(p["loss.l1"] > 0.0 for p in params)
     for p in params:
-        assert p["tasks.a.weight"] + p["tasks.b.weight"] == pytest.approx(2.0)
+        assert p["tasks.y0_value.weight"] + p["tasks.y1_positive.weight"] == pytest.approx(2.0)
         assert 1e-4 <= p["train.lr"] <= 1e-2
         assert p["model.width"] in (8, 16)
 
@@ -86,21 +86,98 @@ def test_suggest_gives_the_same_keys_in_every_trial(tiny_synthetic):
 def test_suggest_with_penalties_off(tiny_synthetic):
     cfg = tiny_synthetic()
     trial = optuna.trial.FixedTrial({"weight_u0": 0.25, "l1_on": False, "l2_on": False, "lr": 2e-3})
-    params = search.suggest(trial, cfg.search, ["a", "b"])
+    params = search.suggest(trial, cfg)
     assert params == {
-        "tasks.a.weight": pytest.approx(0.5),
-        "tasks.b.weight": pytest.approx(1.5),
+        "tasks.y0_value.weight": pytest.approx(0.5),
+        "tasks.y1_positive.weight": pytest.approx(1.5),
         "loss.l1": 0.0,
         "loss.l2": 0.0,
         "train.lr": 2e-3,
     }
     # Searching neither weights nor penalties leaves only the learning rate.
     space = cfg.search.model_copy(update={"weights": False, "l1": None, "l2": None})
-    assert search.suggest(optuna.trial.FixedTrial({"lr": 1e-3}), space, ["a", "b"]) == {
-        "train.lr": 1e-3
-    }
+    closed = cfg.model_copy(update={"search": space})
+    assert search.suggest(optuna.trial.FixedTrial({"lr": 1e-3}), closed) == {"train.lr": 1e-3}
     # One task: no weight to search.
-    assert "tasks.a.weight" not in search.suggest(trial, cfg.search, ["a"])
+    one = tiny_synthetic("data.tasks=[{name: a, column: y0, type: regression}]")
+    assert "tasks.a.weight" not in search.suggest(trial, one)
+
+
+CHOICES = [
+    "search.arch=[shared_bottom, mmoe]",
+    "search.n_experts=[2, 3]",
+    "search.weighting=[static]",
+    "search.depth=[1, 2]",
+    "search.width=[8, 16]",
+    "search.batch_size=[32, 64]",
+    "search.numeric=[standard, quantile]",
+    "search.numeric_embedding=[none, periodic, piecewise_linear]",
+    "search.categorical=[onehot, embedding]",
+]
+
+
+def test_open_choices_are_sampled_with_conditional_parameters(tiny_synthetic, monkeypatch):
+    from mtl_core.arch import ARCHS
+    from mtl_core.weighting import WEIGHTINGS, Weighting
+
+    # Stand-ins, so the test does not depend on which members exist: an architecture with
+    # experts, and a weighting method that learns its own weights.
+    monkeypatch.setitem(ARCHS, "mmoe", ARCHS["shared_bottom"])
+    monkeypatch.setitem(WEIGHTINGS, "learned", type("Learned", (Weighting,), {}))
+    cfg = tiny_synthetic(*STUDY, *CHOICES, "search.weighting=[static, learned]")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    params = [search.suggest(study.ask(), cfg) for _ in range(60)]
+    keys = set(params[0])
+    assert keys >= {
+        "model.arch",
+        "model.n_experts",
+        "loss.weighting",
+        "model.depth",
+        "model.width",
+        "train.batch_size",
+        "features.numeric",
+        "features.numeric_embedding",
+        "features.categorical",
+        "tasks.y0_value.weight",
+    }
+    assert all(set(p) == keys for p in params)  # the same keys in every trial
+    for p in params:
+        # Expert counts only for an architecture with experts.
+        assert (p["model.n_experts"] is None) == (p["model.arch"] != "mmoe")
+        # Static task weights only for the static weighting.
+        assert (p["tasks.y0_value.weight"] is None) == (p["loss.weighting"] == "learned")
+    seen = {k: {p[k] for p in params} for k in keys if not k.startswith("tasks.")}
+    assert seen["features.numeric_embedding"] == {"none", "periodic", "piecewise_linear"}
+    assert seen["model.arch"] == {"shared_bottom", "mmoe"}
+    assert seen["loss.weighting"] == {"static", "learned"}
+    # The Optuna trial itself holds no expert count when the architecture has none.
+    for trial in study.trials:
+        assert ("n_experts" in trial.params) == (trial.params["arch"] == "mmoe")
+
+
+def test_applied_choices_train(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY, *CHOICES[2:], "search.n_trials=4")
+    data = prepare(cfg.data, cfg.features)
+    assert search.run_worker(cfg, data, storage, 4, device="cpu") == 4
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE"] * 4
+    for trial in study.trials:
+        trial_cfg = search.apply_params(cfg, trial.user_attrs["params"])
+        p = trial.user_attrs["params"]
+        assert trial_cfg.model.hidden == [p["model.width"]] * p["model.depth"]
+        assert trial_cfg.train.batch_size == p["train.batch_size"]
+        assert trial_cfg.features.numeric_embedding == p["features.numeric_embedding"]
+
+
+def test_search_choices_are_validated(tiny_synthetic):
+    with pytest.raises(ConfigError, match=r"search\.arch.*unknown architecture"):
+        tiny_synthetic("search.arch=[shared_bottom, transformer]")
+    with pytest.raises(ConfigError, match=r"search\.weighting.*unknown weighting"):
+        tiny_synthetic("search.weighting=[nope]")
+    with pytest.raises(ConfigError, match=r"search\.numeric_embedding"):
+        tiny_synthetic("search.numeric_embedding=[fourier]")
+    with pytest.raises(ConfigError, match=r"search\.width"):
+        tiny_synthetic("search.width=[]")
 
 
 def test_apply_params(tiny_synthetic):
@@ -116,6 +193,18 @@ def test_apply_params(tiny_synthetic):
     }
     out = search.apply_params(cfg, params)
     assert out.loss.weights == {"y0_value": 0.5, "y1_positive": 1.5}
+    # None marks a parameter that does not apply to the trial's other choices.
+    unweighted = search.apply_params(
+        cfg,
+        {
+            **params,
+            "tasks.y0_value.weight": None,
+            "tasks.y1_positive.weight": None,
+            "model.depth": 3,
+        },
+    )
+    assert unweighted.loss.weights is None
+    assert unweighted.model.hidden == [32, 32, 32]
     assert (out.loss.l1, out.loss.l2, out.train.lr) == (0.0, 1e-3, 5e-3)
     assert out.model.hidden == [32, 32]
     assert out.model.dropout == 0.1
@@ -187,15 +276,15 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tiny_synthetic, storage
     cfg = tiny_synthetic(*STUDY)
     data = prepare(cfg.data)
     calls = []
-    real_fit = search.fit
+    real_train = search.train_from_config
 
-    def flaky_fit(*args, **kw):
+    def flaky_train(*args, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("boom in trial 1")
-        return real_fit(*args, **kw)
+        return real_train(*args, **kw)
 
-    monkeypatch.setattr(search, "fit", flaky_fit)
+    monkeypatch.setattr(search, "train_from_config", flaky_train)
     events = []
     ran = search.run_worker(
         cfg,
