@@ -246,6 +246,9 @@ class SearchConfig(_Strict):
         None, min_length=1
     )
     categorical: list[Literal["onehot", "embedding"]] | None = Field(None, min_length=1)
+    frequency_scale: Range | None = Field(
+        None, description="σ of periodic numeric embeddings, when those are chosen."
+    )
 
     @field_validator("arch")
     @classmethod
