@@ -109,21 +109,18 @@ def patch_optuna_reports(timings: dict[int, float]) -> None:
 def bare_loop(cfg, trial_params: list[dict]) -> tuple[dict[int, float], float]:
     """Same data, trials, final retrain and evaluation as the flow, as plain function calls."""
     from mtl_core.data import prepare
-    from mtl_core.losses import build_loss
-    from mtl_core.metrics import evaluate
-    from mtl_core.model import build_model
     from mtl_core.integrations.search import apply_params
-    from mtl_core.train import fit
+    from mtl_core.metrics import evaluate
+    from mtl_core.train import train_from_config
 
-    data = prepare(cfg.data)
-    types = {t.name: t.type for t in data.tasks}
+    data = prepare(cfg.data, cfg.features)
     seconds, objectives = {}, {}
 
     def train(params: dict, splits: tuple[str, ...], epochs: int | None):
         tcfg = apply_params(cfg, params)
-        model = build_model(tcfg.model, data.preprocessor.n_inputs, data.out_dims, tcfg.train.seed)
-        result = fit(model, data, build_loss(tcfg.loss, types), tcfg.train, epochs=epochs)
-        evaluate(model, data, splits)
+        tdata = data.with_features(tcfg.features)
+        model, result = train_from_config(tcfg, tdata, epochs=epochs)
+        evaluate(model, tdata, splits)
         return result.best_val_objective
 
     for i, params in enumerate(trial_params):
@@ -146,8 +143,8 @@ def main() -> None:
         import flows  # noqa: F401  (embedded defaults for the fresh state folder)
         from flows.params import PipelineParams
         from flows.pipeline import mtl_pipeline
-        from mtl_core.integrations import search, tracking
         from mtl_core.config import load_config
+        from mtl_core.integrations import search, tracking
     torch.set_num_threads(THREADS)
     n_trials, overrides = settings(args.smoke)
     cfg = load_config("default", overrides)

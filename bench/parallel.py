@@ -1,10 +1,11 @@
 """Parallel trials: two worker processes on one journal-file study against one worker.
 
 Each worker is a separate process (spawned) that prepares the data, waits at a barrier with
-the others, then runs its share of the trials with ``mtl_core.integrations.search.run_worker`` against a
-shared Optuna journal file (``search.resolve_storage`` / ``open_storage`` with a ``*.log``
-path). Every worker, on both sides, uses ``torch.set_num_threads(1)``, so that two workers
-do not fight over the 2 cores with 2 threads each and the comparison is of processes alone.
+the others, then runs its share of the trials with ``mtl_core.integrations.search.run_worker``
+against a shared Optuna journal file (``search.resolve_storage`` / ``open_storage`` with a
+``*.log`` path). Every worker, on both sides, uses ``torch.set_num_threads(1)``, so that two
+workers do not fight over the 2 cores with 2 threads each and the comparison is of processes
+alone.
 Trials train a fixed number of epochs (no pruner, no early stopping), so each costs the same.
 Trial throughput = trials / (last worker's end - first worker's start).
 
@@ -41,13 +42,13 @@ def worker(raw: dict, url: str, n_trials: int, barrier, queue) -> None:
     """One search worker process: prepare, wait for the others, run ``n_trials`` trials."""
     import torch
 
-    from mtl_core.integrations import search
     from mtl_core.data import prepare
+    from mtl_core.integrations import search
 
     torch.set_num_threads(1)
     quiet_optuna()
     cfg = ExperimentConfig.model_validate(raw)
-    data = prepare(cfg.data)
+    data = prepare(cfg.data, cfg.features)
     barrier.wait()
     t0, cpu0 = time.time(), time.process_time()  # wall clock: comparable across processes
     ran = search.run_worker(cfg, data, url, n_trials, device="cpu", torch_threads=1)

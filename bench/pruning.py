@@ -1,8 +1,9 @@
 """Pruning: epochs trained with and without the median pruner at the same trial budget.
 
 The search of ``configs/default.yaml`` (TPE, its trial budget, its median pruner settings and
-early stopping) runs twice per seed through ``mtl_core.integrations.search.run_worker``: once with the
-median pruner and once with ``search.pruner=none``; then both again with early stopping off.
+early stopping) runs twice per seed through ``mtl_core.integrations.search.run_worker``: once
+with the median pruner and once with ``search.pruner=none``; then both again with early
+stopping off.
 Reported: epochs actually trained over all trials (pruned trials count the epochs they ran),
 the best validation objective each reached, the wall time, and the time spent in Optuna's
 ``Trial.report`` / ``should_prune`` calls.
@@ -19,9 +20,9 @@ from pathlib import Path
 import torch
 
 from bench.common import Report, Timer, fmt, mean_std, met, parse_args, plt, quiet_optuna
-from mtl_core.integrations import search
 from mtl_core.config import load_config
 from mtl_core.data import prepare
+from mtl_core.integrations import search
 
 TARGET_SAVING = 0.40  # at least 40% fewer epochs
 TARGET_GAP = 0.01  # best objective within 1%
@@ -172,7 +173,7 @@ def main() -> None:
     time_optuna_reports()
     seeds, overrides = settings(args.smoke)
     base = load_config("default", overrides)
-    data = prepare(base.data)
+    data = prepare(base.data, base.features)
     report = Report(
         "pruning",
         "Pruning: epochs trained with and without the median pruner",

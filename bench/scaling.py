@@ -21,36 +21,27 @@ import numpy as np
 import torch
 
 from bench.common import Report, fmt, parse_args, plt
-from bench.throughput import synthetic_data
-from mtl_core.config import TrainConfig, load_config
-from mtl_core.losses import MultiTaskLoss
-from mtl_core.model import build_model
+from bench.throughput import model_for, synthetic_data
+from mtl_core.config import LossConfig, TrainConfig, load_config
+from mtl_core.losses import build_loss
 from mtl_core.train import DeviceSplit, train_epoch
 
 BATCH = 256
 
 
+def _head(split: DeviceSplit, n: int) -> DeviceSplit:
+    return DeviceSplit(split.X[:n], split.C[:n], {k: v[:n] for k, v in split.y.items()})
+
+
 def epoch_seconds(data, n_rows: int, repeats: int) -> tuple[float, int]:
     """Best-of-``repeats`` seconds of one training epoch over the first ``n_rows`` rows."""
     cfg = TrainConfig(batch_size=BATCH, patience=None)
-    split = data.splits["train"]
-    train = DeviceSplit(
-        torch.as_tensor(split.X[:n_rows]),
-        {k: torch.as_tensor(v[:n_rows]) for k, v in split.y.items()},
-    )
-    types = {t.name: t.type for t in data.tasks}
-    loss = MultiTaskLoss(types, dict.fromkeys(types, 1.0))
-    model = build_model(load_config("synthetic").model, split.X.shape[1], data.out_dims, 0)
+    train = _head(DeviceSplit.from_split(data.splits["train"], torch.device("cpu")), n_rows)
+    loss = build_loss(LossConfig(), data.tasks)
+    model = model_for(data, 0)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(0)
-    train_epoch(
-        model,
-        DeviceSplit(train.X[:2048], {k: v[:2048] for k, v in train.y.items()}),
-        loss,
-        opt,
-        cfg,
-        gen,
-    )  # warm-up
+    train_epoch(model, _head(train, 2048), loss, opt, cfg, gen)  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

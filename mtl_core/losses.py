@@ -18,37 +18,42 @@ from mtl_core.tasks import Task
 from mtl_core.weighting import WEIGHTINGS, Weighting
 
 
+def masked_loss(
+    task: Task, outputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's summed per-row loss over rows with a label, and how many rows those are.
+
+    Args:
+        task: The task, which owns its per-row loss.
+        outputs: Its outputs (B, out_dim).
+        targets: Its encoded targets (B,), NaN where the label is missing.
+
+    Returns:
+        ``(sum, count)``, two scalars.
+    """
+    # Masking by multiplication, not indexing, keeps the step free of host syncs.
+    mask = ~torch.isnan(targets)
+    per_row = task.loss(outputs.float(), torch.where(mask, targets, 0.0))  # (B,)
+    return (per_row * mask).sum(), mask.sum()
+
+
 def task_loss_sums(
     tasks: list[Task], outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed per-row loss and labelled-row count per task, over rows with a label.
-
-    Args:
-        tasks: The tasks, in order.
-        outputs: ``{task: (B, out_dim)}``.
-        targets: ``{task: (B,)}`` encoded targets, NaN where the label is missing.
-
-    Returns:
-        ``(sums (T,), counts (T,))``, float32, in task order.
-    """
-    sums, counts = [], []
-    for task in tasks:
-        y = targets[task.name]
-        # Masking by multiplication, not indexing, keeps the step free of host syncs.
-        mask = ~torch.isnan(y)
-        per_row = task.loss(outputs[task.name].float(), torch.where(mask, y, 0.0))  # (B,)
-        sums.append((per_row * mask).sum())
-        counts.append(mask.sum())
-    return torch.stack(sums), torch.stack(counts).float()
+    """:func:`masked_loss` of every task, stacked: ``(sums (T,), counts (T,))`` in task order."""
+    pairs = [masked_loss(t, outputs[t.name], targets[t.name]) for t in tasks]
+    return torch.stack([s for s, _ in pairs]), torch.stack([n for _, n in pairs]).float()
 
 
 def masked_task_losses(
     tasks: list[Task], outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Mean loss per task over rows whose label is present (0 for a task with none)."""
-    sums, counts = task_loss_sums(tasks, outputs, targets)
-    means = sums / counts.clamp_min(1)
-    return {t.name: means[i] for i, t in enumerate(tasks)}
+    out = {}
+    for t in tasks:
+        total, count = masked_loss(t, outputs[t.name], targets[t.name])
+        out[t.name] = total / count.clamp_min(1)
+    return out
 
 
 def penalised_parameters(model: nn.Module, scope: str) -> list[nn.Parameter]:
@@ -106,9 +111,20 @@ class MultiTaskLoss:
             total = total + self.l2 * sum(p.pow(2).sum() for p in params)
         return total
 
-    def backward(self, model: nn.Module, per_task: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Gradients of one step through the weighting method; returns the step's loss."""
-        return self.weighting.backward(per_task, self.penalty(model), model.shared_parameters())
+    def backward(
+        self,
+        model: nn.Module,
+        per_task: dict[str, torch.Tensor],
+        shared: list[nn.Parameter] | None = None,
+    ) -> torch.Tensor:
+        """Gradients of one step through the weighting method; returns the step's loss.
+
+        ``shared`` is ``model.shared_parameters()``, which a training loop passes in once
+        per epoch rather than rebuilding the list every step.
+        """
+        if shared is None:
+            shared = model.shared_parameters()
+        return self.weighting.backward(per_task, self.penalty(model), shared)
 
     def after_step(self, recompute: Callable[[], dict[str, torch.Tensor]]) -> None:
         """Pass the post-step hook on to the weighting method."""

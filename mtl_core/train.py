@@ -179,6 +179,7 @@ def train_epoch(
     )
     total_sum = torch.zeros((), device=device)
     task_sum = torch.zeros(len(names), device=device)
+    shared = model.shared_parameters()
     steps = 0
     for start in range(0, n, bs):
         stop = min(start + bs, n)
@@ -190,7 +191,7 @@ def train_epoch(
             out = model(xb, cb)
         per_task = loss.task_losses(out, yb)
         opt.zero_grad(set_to_none=True)
-        total = loss.backward(model, per_task)
+        total = loss.backward(model, per_task, shared)
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         opt.step()
