@@ -6,6 +6,7 @@ with ``@ARCHS.register("name")``, and import the file below (one line each).
 
 from mtl_core.arch import (
     mmoe,  # noqa: F401  (registers it)
+    ple,  # noqa: F401  (registers it)
     shared_bottom,  # noqa: F401  (registers it)
 )
 from mtl_core.arch.base import ACTIVATIONS, ARCHS, Architecture, mlp, tower
