@@ -90,7 +90,9 @@ def piecewise_linear_bins(x: np.ndarray, n_bins: int) -> list[list[float]]:
             v = float(col[0, 0]) if len(col) else 0.0
             edges.append([v - 0.5, v + 0.5])
         else:
-            edges.append(compute_bins(col, n_bins=n_bins)[0].tolist())
+            with warnings.catch_warnings():  # a two-valued column gets one bin: that is fine
+                warnings.simplefilter("ignore", UserWarning)
+                edges.append(compute_bins(col, n_bins=n_bins)[0].tolist())
     return edges
 
 
@@ -154,9 +156,13 @@ class InputEncoder(nn.Module):
             nn.Embedding(n, d) for n, d in zip(cardinalities, embedding_dims, strict=True)
         )
         self.out_dim = numeric_width + (n_dense - n_numeric) + sum(embedding_dims)
+        # With nothing to embed the encoder is the identity; skip its Python on the hot path.
+        self.passthrough = self.numeric is None and not cardinalities
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (B, n_dense) float, ``c`` (B, n_categorical) long -> (B, out_dim)."""
+        if self.passthrough:
+            return x
         parts = []
         if self.numeric is not None:
             parts.append(self.numeric(x[:, : self.n_numeric]).flatten(1))  # (B, n_num * d)

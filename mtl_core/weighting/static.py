@@ -22,7 +22,12 @@ class Static(Weighting):
 
     def __init__(self, tasks: list[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks, weights)
+        unknown = sorted(set(weights or {}) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"weights {unknown} must match the tasks {self.tasks}")
         self.weights = {t: float((weights or {}).get(t, 1.0)) for t in self.tasks}
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError(f"weights must be >= 0, got {self.weights}")
 
     def backward(
         self,

@@ -17,9 +17,9 @@ from mlflow import MlflowClient
 
 from flows.params import PipelineParams
 from flows.pipeline import mtl_pipeline
-from mtl_core.integrations import search
 from mtl_core.config import load_config
 from mtl_core.errors import SearchError
+from mtl_core.integrations import search
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mtl_core.arch import ARCHS
 from mtl_core.config import (
     CONFIG_DIR,
     ExperimentConfig,
+    FeaturesConfig,
     apply_overrides,
     flat_params,
     load_config,
@@ -17,6 +20,9 @@ from mtl_core.config import (
     validate_config,
 )
 from mtl_core.errors import ConfigError
+from mtl_core.tasks import TASK_TYPES
+from mtl_core.weighting import WEIGHTINGS
+from mtl_core.weighting.static import Static
 
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
@@ -139,6 +145,108 @@ def test_binarize_must_name_a_generated_target(tmp_path):
     assert "binarize" in msg and "y7" in msg
 
 
+# --------------------------------------------------------------------------- registered names
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "registry"),
+    [
+        ("model.arch=nope", "model.arch", ARCHS),
+        ("loss.weighting=nope", "loss.weighting", WEIGHTINGS),
+        ("data.tasks=[{name: a, column: y0, type: nope}]", "data.tasks.0.type", TASK_TYPES),
+    ],
+    ids=["arch", "weighting", "task-type"],
+)
+def test_unregistered_name_is_a_one_line_error_listing_the_allowed_ones(
+    tmp_path, override, key, registry
+):
+    path = write(tmp_path, BASE)
+    msg = config_error(path, [override])
+    assert str(path) in msg
+    assert f"'{key}'" in msg
+    assert "'nope'" in msg
+    for name in registry:
+        assert f"'{name}'" in msg
+    assert "\n" not in msg
+    # The same from a mapping already in memory.
+    raw = apply_overrides(yaml.safe_load(BASE), [override])
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw, source="<mem>")
+    assert f"'{key}'" in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("<mem>: ")
+
+
+def test_registered_names_are_accepted(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["model.arch=shared_bottom", "loss.weighting=static"])
+    assert (cfg.model.arch, cfg.loss.weighting) == ("shared_bottom", "static")
+    assert cfg.model == load_config(write(tmp_path, BASE)).model  # the defaults
+
+
+class _Learned(Static):
+    learns_weights = True
+
+
+@pytest.fixture
+def learned_weighting():
+    WEIGHTINGS.register("learned_test")(_Learned)
+    yield "learned_test"
+    del WEIGHTINGS["learned_test"]
+
+
+def test_loss_weights_are_refused_with_a_non_static_weighting(tmp_path, learned_weighting):
+    path = write(tmp_path, BASE)
+    assert (
+        load_config(path, [f"loss.weighting={learned_weighting}"]).loss.weighting == "learned_test"
+    )
+    msg = config_error(path, [f"loss.weighting={learned_weighting}", "loss.weights={a: 2, b: 1}"])
+    assert "loss.weights" in msg
+    assert "'static' only" in msg
+    assert f"'{learned_weighting}'" in msg
+    assert "\n" not in msg
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_features_default_to_standard_scaling_and_one_hot(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.features == FeaturesConfig()
+    assert (cfg.features.numeric, cfg.features.categorical) == ("standard", "onehot")
+    assert cfg.features.numeric_embedding == "none"
+    assert cfg.features.preprocessing_key() == ("standard", "onehot")
+    cfg = load_config(
+        write(tmp_path, BASE),
+        [
+            "features.numeric=quantile",
+            "features.categorical=embedding",
+            "features.numeric_embedding=piecewise_linear",
+            "features.embedding_dim=8",
+        ],
+    )
+    assert cfg.features.preprocessing_key() == ("quantile", "embedding")
+    assert (cfg.features.numeric_embedding, cfg.features.embedding_dim) == ("piecewise_linear", 8)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("features.numeric=log", "features.numeric", "'standard' or 'quantile'"),
+        ("features.categorical=hash", "features.categorical", "'onehot' or 'embedding'"),
+        (
+            "features.numeric_embedding=fourier",
+            "features.numeric_embedding",
+            "'none', 'periodic' or 'piecewise_linear'",
+        ),
+        ("features.n_bins=1", "features.n_bins", "greater than or equal to 2"),
+        ("features.embeding_dim=4", "features.embeding_dim", "unknown key"),
+    ],
+)
+def test_bad_features_are_named(tmp_path, override, key, expected):
+    msg = config_error(write(tmp_path, BASE), [override])
+    assert f"'{key}'" in msg
+    assert expected in msg
+
+
 # --------------------------------------------------------------------------- overrides
 
 
@@ -249,6 +357,11 @@ def test_flat_params_keys_are_stable(tmp_path):
         "train.lr",
         "train.epochs",
         "model.hidden",
+        "model.arch",
+        "loss.weighting",
+        "features.numeric",
+        "features.categorical",
+        "features.numeric_embedding",
         "data.synthetic.correlation",
         "search.lr.low",
         "tracking.experiment",

@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl_core.config import DataConfig, SyntheticConfig, load_config
+from mtl_core.config import DataConfig, FeaturesConfig, SyntheticConfig, load_config
 from mtl_core.data import (
-    TaskSpec,
     fingerprint,
     load_penguins,
     make_synthetic,
@@ -16,6 +15,9 @@ from mtl_core.data import (
     prepare_frame,
 )
 from mtl_core.errors import DataError
+from mtl_core.tasks.binary import BinaryTask
+from mtl_core.tasks.multiclass import MulticlassTask
+from mtl_core.tasks.regression import RegressionTask
 
 # --------------------------------------------------------------------------- bad input
 
@@ -216,13 +218,13 @@ def test_penguins_keep_rows_with_a_missing_sex_label():
 # --------------------------------------------------------------------------- splits
 
 
-def _prepare(frame, **kw):
+def _prepare(frame, features: FeaturesConfig | None = None, **kw):
     tasks = [
         {"name": "bin", "column": "yb", "type": "binary"},
         {"name": "reg", "column": "yr", "type": "regression"},
     ]
     cfg = DataConfig(source="synthetic", tasks=tasks, features=["rid", "x1", "x2", "cat"], **kw)
-    return prepare_frame(frame, cfg, "mem")
+    return prepare_frame(frame, cfg, "mem", features)
 
 
 def _ids(split):
@@ -253,7 +255,7 @@ def test_preprocessing_is_fitted_on_train_only(make_frame):
     data = _prepare(df, split_seed=2)
     train_ids = sorted(_ids(data.splits["train"]))
     train = df.set_index("rid").loc[train_ids]
-    scaler = data.preprocessor.transformer.named_transformers_["num"][-1]
+    scaler = data.preprocessor.dense.named_transformers_["num"][-1]
     numeric = data.preprocessor.numeric
     assert numeric == ["rid", "x1", "x2"]
     np.testing.assert_allclose(scaler.mean_, [np.mean(train_ids), *train[["x1", "x2"]].mean()])
@@ -271,7 +273,7 @@ def test_missing_feature_values_are_imputed_with_the_train_median(make_frame):
     df = make_frame(200)
     df.loc[df.index[::10], "x2"] = np.nan
     data = _prepare(df)
-    imputer = data.preprocessor.transformer.named_transformers_["num"][0]
+    imputer = data.preprocessor.dense.named_transformers_["num"][0]
     train = df.set_index("rid").loc[sorted(_ids(data.splits["train"]))]
     assert imputer.statistics_[2] == pytest.approx(train["x2"].median())
     assert all(not np.isnan(s.X).any() for s in data.splits.values())
@@ -280,9 +282,102 @@ def test_missing_feature_values_are_imputed_with_the_train_median(make_frame):
 def test_categorical_features_are_one_hot_encoded(make_frame):
     data = _prepare(make_frame(200))
     assert data.preprocessor.categorical == ["cat"]
-    assert data.preprocessor.n_inputs == 3 + 3  # rid, x1, x2 + one column per colour
+    assert data.preprocessor.n_dense == 3 + 3  # rid, x1, x2 + one column per colour
+    assert data.preprocessor.n_numeric == 3
     onehot = data.splits["train"].X[:, 3:]
     np.testing.assert_array_equal(onehot.sum(axis=1), 1.0)
+    # One-hot columns leave no codes to embed.
+    assert data.preprocessor.codes is None and data.preprocessor.cardinalities == []
+    assert all(s.C.shape == (len(s), 0) and s.C.dtype == np.int64 for s in data.splits.values())
+
+
+def test_categorical_features_can_be_embedded_as_codes(make_frame):
+    df = make_frame(200)
+    data = _prepare(df, FeaturesConfig(categorical="embedding"))
+    pre = data.preprocessor
+    assert pre.categorical == ["cat"]
+    assert pre.n_dense == pre.n_numeric == 3  # no one-hot columns at all
+    assert pre.cardinalities == [3 + 1]  # three colours and the reserved "unseen" code 0
+    assert pre.embedding_dims == [3]  # round(1.6 * 3 ** 0.56)
+    for split in data.splits.values():
+        assert split.X.shape == (len(split), 3)
+        assert split.C.shape == (len(split), 1) and split.C.dtype == np.int64
+        assert set(np.unique(split.C)) == {1, 2, 3}  # every colour was seen in training
+        levels = pre.codes.categories_[0][split.C[:, 0] - 1]
+        assert list(levels) == list(split.rows["cat"])
+    fixed = _prepare(df, FeaturesConfig(categorical="embedding", embedding_dim=5))
+    assert fixed.preprocessor.embedding_dims == [5]
+
+
+def test_quantile_scaling_is_fitted_on_train_only(make_frame):
+    df = make_frame(300)
+    data = _prepare(df, FeaturesConfig(numeric="quantile"))
+    scaler = data.preprocessor.dense.named_transformers_["num"][-1]
+    assert type(scaler).__name__ == "QuantileTransformer"
+    train_ids = sorted(_ids(data.splits["train"]))
+    assert scaler.n_quantiles_ == len(train_ids)
+    assert scaler.quantiles_[:, 0].min() == min(train_ids)
+    assert scaler.quantiles_[:, 0].max() == max(train_ids)
+    x = data.splits["train"].X[:, :3]
+    # Mapped to a normal shape on train: centred, and the skewed id column is symmetric too.
+    assert np.abs(np.median(x, axis=0)).max() < 0.05
+    assert np.abs(x).max() < 6
+
+
+# --------------------------------------------------------------------------- with_features
+
+
+def test_with_features_returns_itself_when_nothing_changes(make_frame):
+    data = _prepare(make_frame(120))
+    assert data.with_features(FeaturesConfig()) is data
+
+
+def test_with_features_keeps_the_transforms_for_model_layer_settings(make_frame):
+    data = _prepare(make_frame(120))
+    settings = FeaturesConfig(numeric_embedding="periodic", n_frequencies=4)
+    other = data.with_features(settings)
+    assert other is not data
+    assert other.preprocessor.settings == settings
+    assert data.preprocessor.settings == FeaturesConfig()  # the original is untouched
+    assert other.preprocessor.dense is data.preprocessor.dense
+    assert other.splits is data.splits
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [FeaturesConfig(categorical="embedding"), FeaturesConfig(numeric="quantile")],
+    ids=["embedding", "quantile"],
+)
+def test_with_features_refits_on_train_and_keeps_targets(make_frame, settings):
+    df = make_frame(200)
+    data = _prepare(df)
+    other = data.with_features(settings)
+    fresh = _prepare(df, settings)
+    assert other.preprocessor.settings == settings
+    assert (other.fingerprint, other.source, other.n_rows) == (
+        data.fingerprint,
+        data.source,
+        data.n_rows,
+    )
+    assert other.tasks == data.tasks
+    for name, split in other.splits.items():
+        assert split.y is data.splits[name].y  # targets are not recomputed
+        assert split.rows is data.splits[name].rows
+        # The same as preparing under the new settings from the start.
+        np.testing.assert_allclose(split.X, fresh.splits[name].X, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(split.C, fresh.splits[name].C)
+    assert other.preprocessor.n_dense == fresh.preprocessor.n_dense
+
+
+def test_only_keeps_one_task_and_the_representation(make_frame):
+    data = _prepare(make_frame(120), FeaturesConfig(categorical="embedding"))
+    sub = data.only("reg")
+    assert [t.name for t in sub.tasks] == ["reg"]
+    assert sub.out_dims == {"reg": 1}
+    assert sub.preprocessor.settings == data.preprocessor.settings
+    for name, split in sub.splits.items():
+        assert list(split.y) == ["reg"]
+        assert split.X is data.splits[name].X and split.C is data.splits[name].C
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -306,11 +401,11 @@ def test_prepared_data_carries_the_fingerprint(tmp_path, make_frame, file_config
     assert prepare(file_config(path)).fingerprint == fingerprint(pd.read_csv(path))
 
 
-# --------------------------------------------------------------------------- task specs
+# --------------------------------------------------------------------------- tasks
 
 
-def test_task_spec_encodes_and_decodes():
-    spec = TaskSpec("kind", "col", "multiclass", classes=["a", "b", "c"])
+def test_tasks_encode_and_decode():
+    spec = MulticlassTask("kind", "col", classes=["a", "b", "c"])
     y = spec.encode(pd.Series(["b", None, "c", "zzz"]))
     np.testing.assert_array_equal(y[[0, 2]], [1.0, 2.0])
     assert np.isnan(y[1]) and np.isnan(y[3])  # missing and unseen labels are masked
@@ -318,12 +413,12 @@ def test_task_spec_encodes_and_decodes():
     assert list(out["kind"]) == ["b", "a"]
     np.testing.assert_allclose(out["kind_proba_a"] + out["kind_proba_b"] + out["kind_proba_c"], 1.0)
 
-    reg = TaskSpec("mass", "g", "regression", mean=4000.0, std=800.0)
+    reg = RegressionTask("mass", "g", mean=4000.0, std=800.0)
     enc = reg.encode(pd.Series([4800.0, np.nan]))
     assert enc[0] == pytest.approx(1.0) and np.isnan(enc[1])
     assert reg.decode(np.array([[1.0], [-0.5]]))["mass"].tolist() == [4800.0, 3600.0]
 
-    binary = TaskSpec("sex", "sex", "binary", classes=["female", "male"])
+    binary = BinaryTask("sex", "sex", classes=["female", "male"])
     dec = binary.decode(np.array([[-2.0], [2.0]]))
     assert list(dec["sex"]) == ["female", "male"]
     assert dec["sex_proba"][1] == pytest.approx(1 / (1 + np.exp(-2.0)))

@@ -8,23 +8,22 @@ import torch
 from sklearn import metrics as skm
 
 from mtl_core.config import load_config
-from mtl_core.data import TaskSpec, load_penguins, prepare
+from mtl_core.data import load_penguins, prepare
 from mtl_core.losses import build_loss
-from mtl_core.metrics import delta_m, evaluate, task_metrics
-from mtl_core.model import build_model
+from mtl_core.metrics import delta_m, evaluate, task_loss, task_metrics
 from mtl_core.tasks import sigmoid, softmax
-from mtl_core.train import DeviceSplit, fit, predict_outputs, split_losses
+from mtl_core.tasks.binary import BinaryTask
+from mtl_core.tasks.regression import RegressionTask
+from mtl_core.train import DeviceSplit, predict_outputs, split_losses, train_from_config
 
 
 @pytest.fixture(scope="module")
 def penguins():
     """A briefly trained penguins model: not perfect, so the metrics are not trivial."""
     cfg = load_config("penguins", ["train.epochs=8", "train.device=cpu"])
-    data = prepare(cfg.data)
-    model = build_model(cfg.model, data.preprocessor.n_inputs, data.out_dims, 0)
-    loss = build_loss(cfg.loss, {t.name: t.type for t in data.tasks})
-    fit(model, data, loss, cfg.train)
-    return data, model, loss
+    data = prepare(cfg.data, cfg.features)
+    model, _ = train_from_config(cfg, data)
+    return data, model, build_loss(cfg.loss, data.tasks)
 
 
 def test_keys_follow_split_task_metric(penguins):
@@ -46,7 +45,7 @@ def test_metrics_agree_with_sklearn(penguins, split):
     data, model, _ = penguins
     m = evaluate(model, data, splits=(split,), device="cpu")
     s = data.splits[split]
-    out = predict_outputs(model, s.X, device="cpu")
+    out = predict_outputs(model, s.X, s.C, device="cpu")
 
     y = s.y["species"]
     pred = out["species"].argmax(axis=1)
@@ -82,7 +81,7 @@ def test_objective_matches_the_training_loop(penguins):
     assert m["val/objective"] == pytest.approx(objective, rel=1e-5)
     # And by hand: the unweighted mean of the three task losses.
     s = data.splits["val"]
-    out = predict_outputs(model, s.X, device="cpu")
+    out = predict_outputs(model, s.X, s.C, device="cpu")
     sp = s.y["species"].astype(int)
     ce = -np.log(softmax(out["species"].astype(np.float64))[np.arange(len(sp)), sp]).mean()
     keep = ~np.isnan(s.y["sex"])
@@ -94,15 +93,26 @@ def test_objective_matches_the_training_loop(penguins):
 
 
 def test_task_without_labels_has_no_metrics():
-    spec = TaskSpec("t", "c", "binary", classes=[0, 1])
+    spec = BinaryTask("t", "c", classes=[0, 1])
     assert task_metrics(spec, np.full(4, np.nan), np.zeros((4, 1))) == {}
+    assert np.isnan(task_loss(spec, np.full(4, np.nan, dtype=np.float32), np.zeros((4, 1))))
+
+
+def test_task_loss_is_the_masked_training_loss():
+    spec = BinaryTask("t", "c", classes=[0, 1])
+    y = np.array([1.0, np.nan, 0.0, 1.0], dtype=np.float32)
+    scores = np.array([[2.0], [-50.0], [-1.0], [0.0]], dtype=np.float32)
+    keep = ~np.isnan(y)
+    expected = skm.log_loss(y[keep], sigmoid(scores[keep, 0].astype(np.float64)))
+    assert task_loss(spec, y, scores) == pytest.approx(expected, rel=1e-6)
+    assert task_metrics(spec, y, scores)["log_loss"] == pytest.approx(expected, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- delta_m
 
 TASKS = [
-    TaskSpec("mass", "m", "regression"),  # rmse and mae: lower is better
-    TaskSpec("sex", "s", "binary", classes=[0, 1]),  # auc, accuracy: higher; log_loss: lower
+    RegressionTask("mass", "m"),  # rmse and mae: lower is better
+    BinaryTask("sex", "s", classes=[0, 1]),  # auc, accuracy: higher; log_loss: lower
 ]
 STL = {
     "test/mass/rmse": 100.0,
