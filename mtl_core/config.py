@@ -154,7 +154,8 @@ class LossConfig(_Strict):
     """How task losses become an update: the weighting method, and L1/L2 penalties.
 
     With ``weighting: static``, L = sum_t w_t L_t + l1|θ|_1 + l2|θ|²; other methods
-    learn or compute their own task weights (see :mod:`mtl_core.weighting`).
+    learn or compute their own task weights (see :mod:`mtl_core.weighting`), and
+    their options are the fields named after them (``dwa_temperature``, ``famo_lr``).
     """
 
     weighting: str = Field("static", description="A registered weighting method.")
@@ -162,6 +163,16 @@ class LossConfig(_Strict):
     l1: float = Field(0.0, ge=0.0)
     l2: float = Field(0.0, ge=0.0)
     penalty_scope: Literal["trunk", "all"] = "trunk"
+    # Options of the weighting methods, each named {method}_{option}: see weighting_options().
+    dwa_temperature: float = Field(
+        2.0, gt=0.0, le=100.0, description="DWA's softmax temperature T; larger is more uniform."
+    )
+    famo_lr: float = Field(
+        0.025, gt=0.0, le=1.0, description="Learning rate of FAMO's Adam on its task logits."
+    )
+    famo_decay: float = Field(
+        1e-3, ge=0.0, le=1.0, description="Weight decay γ of FAMO's task logits."
+    )
 
     @field_validator("weighting")
     @classmethod
@@ -171,6 +182,13 @@ class LossConfig(_Strict):
         if value not in WEIGHTINGS:
             raise ValueError(f"unknown weighting method '{value}'; known: {sorted(WEIGHTINGS)}")
         return value
+
+    def weighting_options(self) -> dict[str, Any]:
+        """The selected method's options: fields ``{weighting}_{option}``, keyed by ``option``."""
+        prefix = f"{self.weighting}_"
+        return {
+            k.removeprefix(prefix): v for k, v in self.model_dump().items() if k.startswith(prefix)
+        }
 
 
 class TrainConfig(_Strict):
@@ -308,7 +326,9 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"loss.weights must be >= 0, got {negative}")
             if sum(self.loss.weights.values()) <= 0:
                 raise ValueError("loss.weights must not all be zero")
-            if self.loss.weighting != "static":
+            from mtl_core.weighting import WEIGHTINGS
+
+            if WEIGHTINGS.lookup(self.loss.weighting).learns_weights:
                 raise ValueError(
                     f"loss.weights applies to loss.weighting 'static' only; "
                     f"'{self.loss.weighting}' sets its own task weights"

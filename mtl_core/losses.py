@@ -132,8 +132,11 @@ class MultiTaskLoss:
 
 
 def build_loss(cfg: LossConfig, tasks: list[Task]) -> MultiTaskLoss:
-    """The loss of a config section: its weighting method (static weights default to 1)."""
+    """The loss of a config section: its weighting method, with its options.
+
+    Static weights default to 1; a method's options are its ``loss.{method}_*`` fields.
+    """
     names = [t.name for t in tasks]
     weights = {n: (cfg.weights or {}).get(n, 1.0) for n in names}
-    weighting = WEIGHTINGS.lookup(cfg.weighting)(names, weights)
+    weighting = WEIGHTINGS.lookup(cfg.weighting)(names, weights, **cfg.weighting_options())
     return MultiTaskLoss(tasks, weighting, cfg.l1, cfg.l2, cfg.penalty_scope)

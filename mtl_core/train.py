@@ -248,8 +248,8 @@ def fit(
     train = DeviceSplit.from_split(data.splits["train"], dev)
     val = DeviceSplit.from_split(data.splits["val"], dev)
     n_epochs = epochs or cfg.epochs
-    # A weighting method's own parameters (learned task weights) join the optimiser.
-    opt = _optimizer([*model.parameters(), *loss.weighting.parameters()], cfg)
+    # A weighting method's learned task weights join the optimiser, unless it steps them itself.
+    opt = _optimizer([*model.parameters(), *loss.weighting.optimised_parameters()], cfg)
     sched = _scheduler(opt, cfg, n_epochs)
 
     history: list[EpochLog] = []
