@@ -8,8 +8,9 @@ choice made on the validation split and the test split used only to report:
 2. **each architecture, static tuned weights**: the config's search with the architecture
    fixed and every other open choice closed to the config's own value, so only task weights,
    L1, L2 and learning rate are searched;
-3. **each weighting method**: the same closed search on the config's architecture, with that
-   method (a method that learns its own weights gets no sampled static weights);
+3. **each weighting method** other than ``static`` (which is (2) on the config's own
+   architecture): the same closed search on the config's architecture, with that method (a
+   method that learns its own weights gets no sampled static weights);
 4. **full search**: the config's search as it declares it, every open choice included
    (architecture, representation, width and depth, dropout, batch size, weighting);
 5. **single-task networks with the full search's choices**: the best trial's representation,
@@ -317,6 +318,8 @@ def run_job(name: str, config: str, overrides: list[str], seed: int, st: dict) -
             m, e, x, _ = searched(acfg, data, tmp, f"{slug}-arch-{arch}-{seed}")
             record(arch_label(arch), t0, m, e, x)
         for method in WEIGHTINGS:
+            if method == "static":  # the config's architecture row above is static weighting
+                continue
             t0 = time.perf_counter()
             wcfg = closed(cfg, seed, st["budget"], **{"loss.weighting": method})
             m, e, x, _ = searched(wcfg, data, tmp, f"{slug}-weighting-{method}-{seed}")
