@@ -166,7 +166,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Create or update the scheduled ``mtl-pipeline`` deployment on a process work pool."""
-    from flows.deploy import NIGHTLY, WEEKLY, SchedulePlan, deploy
+    from flows.deploy import NIGHTLY, SCORING, WEEKLY, SchedulePlan, deploy, deploy_scoring
 
     nightly = SchedulePlan(
         "nightly", args.nightly, {**NIGHTLY.changes, "n_trials": args.nightly_trials}
@@ -194,6 +194,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f"run by hand: prefect deployment run '{out.name}'"
         + (f", or Run at {out.url}" if out.url else "")
     )
+    scoring = deploy_scoring(
+        args.config,
+        name=args.name,
+        work_pool=args.pool,
+        input=args.score_input,
+        output=args.score_output,
+        cron=args.score_cron,
+        timezone=args.timezone,
+        paused=args.paused,
+        concurrency_limit=args.limit or None,
+    )
+    params = scoring.parameters
+    state = "active" if args.score_input else "inactive until --score-input is given"
+    print(f"deployment {scoring.name} ({scoring.id}) on work pool '{scoring.work_pool}'")
+    print(f"  {SCORING.slug:<8} {args.score_cron} ({args.timezone}) {state}")
+    print(f"  scores {params['input']} with {params['model_uri']} into {params['output']}")
     return 0
 
 
@@ -250,9 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 3 and write nothing when drift is flagged",
     )
     score.set_defaults(func=cmd_score)
-    from flows.deploy import NIGHTLY, WEEKLY  # light: no torch, no Prefect
+    from flows.deploy import NIGHTLY, SCORING, WEEKLY  # light: no torch, no Prefect
 
-    dep = sub.add_parser("deploy", help="deploy the flow with nightly and weekly schedules")
+    dep = sub.add_parser(
+        "deploy", help="deploy training (nightly, weekly) and scoring (daily) on a work pool"
+    )
     dep.add_argument("--config", default="default", help="config name in configs/ or YAML path")
     dep.add_argument(
         "--set",
@@ -302,6 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="runs of the deployment at once, 0 = no limit (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--score-cron",
+        default=SCORING.cron,
+        metavar="CRON",
+        help="cron of the scoring deployment (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--score-input",
+        metavar="PATH",
+        help="file, folder or glob the scoring schedule scores (without it: schedule inactive)",
+    )
+    dep.add_argument(
+        "--score-output",
+        metavar="PATH",
+        help="Parquet file the scoring schedule writes (default: "
+        ".state/scores/{date}-v{version}.parquet)",
     )
     dep.add_argument("--paused", action="store_true", help="create it with schedules paused")
     dep.set_defaults(func=cmd_deploy)
