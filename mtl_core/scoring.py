@@ -8,6 +8,7 @@
 - :func:`score_stream` checks each chunk (:func:`conform`), scores it, and appends the
   predictions, with the row id and constant columns such as the model version, to an
   :class:`AtomicParquetWriter`, which writes under a temporary name in the target folder;
+  the next chunk is read, and the last one written, while a chunk is being scored;
   :func:`move_into_place` renames the file only once the whole batch succeeded, so a failed
   or interrupted run never leaves a partial file under the final name.
 
@@ -23,6 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from mtl_core.errors import DataError
 NUMERIC, STRING, OTHER = "numeric", "string", "other"
 PRED = "pred:"  # prefix of prediction columns in the drift/score sample
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
+_END = object()  # the end of the chunks
 
 
 @dataclass(frozen=True)
@@ -322,31 +325,59 @@ def score_stream(
     """
     stats, seen = ScoreStats(), set()
     t0 = time.perf_counter()
-    for source, first, raw in chunks:
-        seen.add(source)
-        inputs = conform(raw, schema, source, first)
-        preds = predict(inputs).reset_index(drop=True)
-        if len(preds) != len(inputs):
-            raise DataError(f"{source}: the model returned {len(preds)} rows for {len(inputs)}")
-        parts = [raw[[id_column]].reset_index(drop=True)] if id_column else []
-        out = pd.concat([*parts, preds], axis=1)
-        for key, value in (constants or {}).items():
-            out[key] = value
-        writer.write(out)
-        for col in preds.columns:
-            if not pd.api.types.is_float_dtype(preds[col]):
-                counts = stats.classes.setdefault(col, {})
-                for label, n in preds[col].astype(str).value_counts().items():
-                    counts[label] = counts.get(label, 0) + int(n)
-        if sample is not None:
-            sample.add(pd.concat([inputs.reset_index(drop=True), preds.add_prefix(PRED)], axis=1))
-        stats.rows += len(preds)
-        stats.chunks += 1
-        if on_chunk is not None:
-            on_chunk(stats.chunks, stats.rows)
+    items = iter(chunks)
+    # Reading the next chunk and writing the last one overlap with scoring this one (Parquet
+    # decoding and encoding release the GIL); one of each in flight keeps memory bounded.
+    try:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="mtl-read") as reads,
+            ThreadPoolExecutor(1, thread_name_prefix="mtl-write") as writes,
+        ):
+            ahead = reads.submit(next, items, _END)
+            written: Future | None = None
+            while (item := ahead.result()) is not _END:
+                source, first, raw = item
+                ahead = reads.submit(next, items, _END)
+                seen.add(source)
+                inputs = conform(raw, schema, source, first)
+                preds = predict(inputs).reset_index(drop=True)
+                if len(preds) != len(inputs):
+                    raise DataError(
+                        f"{source}: the model returned {len(preds)} rows for {len(inputs)}"
+                    )
+                parts = [raw[[id_column]].reset_index(drop=True)] if id_column else []
+                out = pd.concat([*parts, preds], axis=1)
+                for key, value in (constants or {}).items():
+                    out[key] = value
+                if written is not None:
+                    written.result()  # in order, and a failed write stops the run here
+                written = writes.submit(writer.write, out)
+                _count_classes(stats.classes, preds)
+                if sample is not None:
+                    inputs = inputs.reset_index(drop=True)
+                    sample.add(pd.concat([inputs, preds.add_prefix(PRED)], axis=1))
+                stats.rows += len(preds)
+                stats.chunks += 1
+                if on_chunk is not None:
+                    on_chunk(stats.chunks, stats.rows)
+            if written is not None:
+                written.result()
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # the reader thread is done: a generator may release its file now
     stats.files = len(seen)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _count_classes(classes: dict[str, dict[str, int]], preds: pd.DataFrame) -> None:
+    """Add a chunk's predicted classes (every column that is not float) to the counts."""
+    for col in preds.columns:
+        if not pd.api.types.is_float_dtype(preds[col]):
+            counts = classes.setdefault(col, {})
+            for label, n in preds[col].astype(str).value_counts().items():
+                counts[label] = counts.get(label, 0) + int(n)
 
 
 def _key(label: str) -> str:
