@@ -105,6 +105,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score files with one version of a registered model: the ``mtl-score`` flow."""
+    import time
+
     from pydantic import ValidationError
 
     from flows.params import ScoreParams
@@ -139,10 +141,13 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"model '{model_uri}': no MLflow store at {uri}; run 'mtl run' first "
             "or set MLFLOW_TRACKING_URI"
         )
-    schema, id_column = models.describe(models.resolve(tracking.get_client(), model_uri))
+    ref = models.resolve(tracking.get_client(), model_uri)
+    schema, id_column = models.describe(ref)
     scoring.check_input(files, schema, id_column)
 
-    from flows.score import mtl_score
+    from flows.score import mtl_score, output_path
+
+    output_path(params.output, ref.label, time.gmtime())  # a bad name fails before the run
 
     quiet = _QuietExpectedErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
