@@ -296,14 +296,17 @@ class DriftConfig(_Strict):
     """Drift checks of scoring runs against the training inputs (see :mod:`mtl_core.drift`).
 
     The model carries this section with its reference profile; a scoring run may override
-    the thresholds. The defaults come from ``bench/scoring.py`` (docs/benchmarks/scoring.md).
+    the thresholds. The defaults were chosen by ``python -m bench.scoring --only drift``
+    (docs/benchmarks/scoring.md): they catch at least 95 % of features shifted by 0.5
+    standard deviations and flag at most 5 % of unshifted ones from batches of 250 rows up;
+    batches above ``sample_rows`` are compared through a uniform sample of that size.
     """
 
     psi_threshold: float = Field(
         0.1, gt=0, description="PSI at or above which a significant change is drift."
     )
     p_value: float = Field(
-        0.01, gt=0, lt=1, description="Significance level of the per-feature KS / chi² test."
+        0.05, gt=0, lt=1, description="Significance level of the per-feature KS / chi² test."
     )
     sample_rows: int = Field(
         5000, ge=100, le=1_000_000, description="Rows of a batch compared (a uniform sample)."
