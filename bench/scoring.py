@@ -507,7 +507,15 @@ def drift(report: Report, s: dict) -> dict:
         None,
     )
     tpr, fpr = at_default[sizes[-1]]
-    if chosen:
+    if chosen and s["drift_repeats"] < 50:
+        report.add(
+            f"Smoke sizes: {s['drift_repeats']} batches per size are too few to choose "
+            f"thresholds; the rule would pick PSI ≥ {chosen['psi']} and p < {chosen['p']} here. "
+            f"At {sizes[-1]:,} rows the defaults (PSI ≥ {default.psi_threshold}, "
+            f"p < {default.p_value}) catch {100 * tpr:.1f}% of shifted features and flag "
+            f"{100 * fpr:.1f}% of unshifted ones."
+        )
+    elif chosen:
         same = (chosen["psi"], chosen["p"]) == (default.psi_threshold, default.p_value)
         report.add(
             f"The rule (meet both targets from the smallest batch size; then the largest worst "
