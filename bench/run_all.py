@@ -25,7 +25,16 @@ from pathlib import Path
 
 from bench.common import DOCS_DIR, REPO, SMOKE_DIR, cpu_model, md_table, mean_std
 
-SCRIPTS = ["quality", "throughput", "overhead", "pruning", "parallel", "scaling", "gpu_throughput"]
+SCRIPTS = [
+    "quality",
+    "throughput",
+    "overhead",
+    "pruning",
+    "parallel",
+    "scaling",
+    "scoring",
+    "gpu_throughput",
+]
 TITLES = {
     "quality": "Model quality",
     "throughput": "Training throughput",
@@ -33,6 +42,7 @@ TITLES = {
     "pruning": "Pruning",
     "parallel": "Parallel trials",
     "scaling": "How cost grows",
+    "scoring": "Scoring: streaming and drift detection",
     "gpu_throughput": "GPU",
 }
 NOTES_DIR = DOCS_DIR / "notes"
@@ -176,6 +186,38 @@ def targets_table(out: Path) -> str:
         "–",
         lambda v: f"{v:.3f} ms",
         None,
+    )
+    add(
+        "mtl score streaming vs one predict call, rows/s (1M rows)",
+        "scoring",
+        lambda r: r["ratio"],
+        "≥ 0.8x",
+        lambda v: f"{v:.2f}x",
+        lambda v: v >= 0.8,
+    )
+    add(
+        "mtl score peak RSS, 4M rows against 1M",
+        "scoring",
+        lambda r: r["rss_ratio"],
+        "flat (≤ 1.25x)",
+        lambda v: f"{v:.2f}x",
+        lambda v: v <= 1.25,
+    )
+    add(
+        "drift flag: features shifted by 0.5 std caught",
+        "scoring",
+        lambda r: r["drift"]["tpr"],
+        "≥ 95%",
+        lambda v: f"{100 * v:.1f}%",
+        lambda v: v >= 0.95,
+    )
+    add(
+        "drift flag: unshifted features flagged",
+        "scoring",
+        lambda r: r["drift"]["fpr"],
+        "≤ 5%",
+        lambda v: f"{100 * v:.1f}%",
+        lambda v: v <= 0.05,
     )
     quality = _load(out, "quality")
     if quality:

@@ -2,6 +2,7 @@
 
 Bad input (a config error, a missing file, a model URI that does not exist)
 prints one line ``mtl: error: ...`` and exits with status 2, without a traceback.
+``mtl score --fail-on-drift`` exits with status 3 when the batch drifted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import flows  # noqa: F401  (embedded defaults first)
 from mtl_core.errors import MTLError
 
 EXIT_USAGE = 2
+EXIT_DRIFT = 3
 
 
 def _fail(message: str) -> int:
@@ -101,9 +103,75 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score files with one version of a registered model: the ``mtl-score`` flow."""
+    import time
+
+    from pydantic import ValidationError
+
+    from flows.params import ScoreParams
+    from mtl_core import scoring
+    from mtl_core.config import load_config
+    from mtl_core.errors import DriftError
+    from mtl_core.integrations import models, tracking
+
+    model_uri = args.model_uri or (
+        f"models:/{load_config(args.config).tracking.registered_model}@champion"
+    )
+    try:
+        params = ScoreParams(
+            input=args.input,
+            output=args.output,
+            model_uri=model_uri,
+            chunk_rows=args.chunk_rows,
+            experiment=args.experiment,
+            psi_threshold=args.psi_threshold,
+            p_value=args.p_value,
+            fail_on_drift=True if args.fail_on_drift else None,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return _fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+    # Everything checkable is checked before a run exists: the input, the store, the model,
+    # and the input's columns against the model's signature.
+    files = scoring.input_files(params.input)
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return _fail(
+            f"model '{model_uri}': no MLflow store at {uri}; run 'mtl run' first "
+            "or set MLFLOW_TRACKING_URI"
+        )
+    ref = models.resolve(tracking.get_client(), model_uri)
+    schema, id_column = models.describe(ref)
+    scoring.check_input(files, schema, id_column)
+
+    from flows.score import mtl_score, output_path
+
+    output_path(params.output, ref.label, time.gmtime())  # a bad name fails before the run
+
+    quiet = _QuietExpectedErrors()
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        result = mtl_score(params)
+    except DriftError as exc:
+        print(f"mtl: error: {exc}", file=sys.stderr)
+        return EXIT_DRIFT
+    alias = f" (alias {result['alias']})" if result["alias"] else ""
+    print()
+    print(
+        f"scored:      {result['rows']:,} rows from {result['files']} file(s) with "
+        f"{result['model_uri']}{alias}, {result['rows_per_s']:,.0f} rows/s"
+    )
+    print(f"predictions: {result['output']}")
+    print(f"drift:       {result['drift_summary'] or 'not checked (no reference profile)'}")
+    print(f"MLflow run:  {result['run_url']}")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Create or update the scheduled ``mtl-pipeline`` deployment on a process work pool."""
-    from flows.deploy import NIGHTLY, WEEKLY, SchedulePlan, deploy
+    from flows.deploy import NIGHTLY, SCORING, WEEKLY, SchedulePlan, deploy, deploy_scoring
 
     nightly = SchedulePlan(
         "nightly", args.nightly, {**NIGHTLY.changes, "n_trials": args.nightly_trials}
@@ -131,6 +199,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f"run by hand: prefect deployment run '{out.name}'"
         + (f", or Run at {out.url}" if out.url else "")
     )
+    scoring = deploy_scoring(
+        args.config,
+        name=args.name,
+        work_pool=args.pool,
+        input=args.score_input,
+        output=args.score_output,
+        cron=args.score_cron,
+        timezone=args.timezone,
+        paused=args.paused,
+        concurrency_limit=args.limit or None,
+    )
+    params = scoring.parameters
+    state = "active" if args.score_input else "inactive until --score-input is given"
+    print(f"deployment {scoring.name} ({scoring.id}) on work pool '{scoring.work_pool}'")
+    print(f"  {SCORING.slug:<8} {args.score_cron} ({args.timezone}) {state}")
+    print(f"  scores {params['input']} with {params['model_uri']} into {params['output']}")
     return 0
 
 
@@ -152,9 +236,46 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", required=True, help="CSV or Parquet file of raw feature rows")
     pred.add_argument("--output", required=True, help="CSV file to write")
     pred.set_defaults(func=cmd_predict)
-    from flows.deploy import NIGHTLY, WEEKLY  # light: no torch, no Prefect
+    score = sub.add_parser(
+        "score", help="score files with the champion (the mtl-score flow), checking drift"
+    )
+    score.add_argument(
+        "--input", required=True, help="CSV or Parquet file, a folder of them, or a glob"
+    )
+    score.add_argument(
+        "--output",
+        required=True,
+        help="Parquet file to write ({date}, {time}, {version} are filled in)",
+    )
+    score.add_argument("--model-uri", help="default: models:/<the config's model name>@champion")
+    score.add_argument(
+        "--config", default="default", help="config whose model to use (default: %(default)s)"
+    )
+    score.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="rows read and scored at a time (default: %(default)s)",
+    )
+    score.add_argument("--experiment", help="MLflow experiment of the scoring run")
+    score.add_argument(
+        "--psi-threshold", type=float, metavar="X", help="drift threshold (default: the model's)"
+    )
+    score.add_argument(
+        "--p-value", type=float, metavar="X", help="drift test level (default: the model's)"
+    )
+    score.add_argument(
+        "--fail-on-drift",
+        action="store_true",
+        help="exit 3 and write nothing when drift is flagged",
+    )
+    score.set_defaults(func=cmd_score)
+    from flows.deploy import NIGHTLY, SCORING, WEEKLY  # light: no torch, no Prefect
 
-    dep = sub.add_parser("deploy", help="deploy the flow with nightly and weekly schedules")
+    dep = sub.add_parser(
+        "deploy", help="deploy training (nightly, weekly) and scoring (daily) on a work pool"
+    )
     dep.add_argument("--config", default="default", help="config name in configs/ or YAML path")
     dep.add_argument(
         "--set",
@@ -204,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="runs of the deployment at once, 0 = no limit (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--score-cron",
+        default=SCORING.cron,
+        metavar="CRON",
+        help="cron of the scoring deployment (default: %(default)s)",
+    )
+    dep.add_argument(
+        "--score-input",
+        metavar="PATH",
+        help="file, folder or glob the scoring schedule scores (without it: schedule inactive)",
+    )
+    dep.add_argument(
+        "--score-output",
+        metavar="PATH",
+        help="Parquet file the scoring schedule writes (default: "
+        ".state/scores/{date}-v{version}.parquet)",
     )
     dep.add_argument("--paused", action="store_true", help="create it with schedules paused")
     dep.set_defaults(func=cmd_deploy)

@@ -17,6 +17,9 @@ top-level key at a time, so each schedule carries the whole ``params`` object.
 The server checks every run's parameters against the flow's schema
 (``enforce_parameter_schema``) and refuses a bad value, naming the field,
 before a worker picks the run up.
+
+:func:`deploy_scoring` deploys the ``mtl-score`` flow the same way, under the same name
+and on the same pool, with a daily schedule of its own and the typed scoring form.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from flows.params import PipelineParams
-from mtl_core.config import load_config
+from flows.params import PipelineParams, ScoreParams
+from mtl_core.config import load_config, state_dir
 from mtl_core.errors import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -51,6 +54,10 @@ class SchedulePlan:
 
 NIGHTLY = SchedulePlan("nightly", "0 2 * * *", {"n_trials": 20, "new_study": True})
 WEEKLY = SchedulePlan("weekly", "0 4 * * 6", {"n_trials": 100, "n_workers": 2, "new_study": True})
+# Scoring runs after the nightly training, so each day's batch meets that day's champion.
+SCORING = SchedulePlan("daily", "0 6 * * *")
+SCORE_ENTRYPOINT = "flows/score.py:mtl_score"
+SCORE_FLOW_NAME = "mtl-score"
 
 
 @dataclass
@@ -182,3 +189,115 @@ def deploy(
         schedules=plans,
         url=f"{ui}/deployments/deployment/{dep_id}" if ui else None,
     )
+
+
+def deploy_scoring(
+    config: str = "default",
+    *,
+    name: str | None = None,
+    work_pool: str | None = None,
+    input: str | None = None,
+    output: str | None = None,
+    model_uri: str | None = None,
+    cron: str = SCORING.cron,
+    timezone: str = "UTC",
+    paused: bool = False,
+    concurrency_limit: int | None = 1,
+) -> Deployed:
+    """Create or update the ``mtl-score`` deployment, next to the training one, on the same pool.
+
+    Its typed parameters are the :class:`~flows.params.ScoreParams` form; its daily schedule
+    scores ``input`` with the champion of the config's registered model. Without an
+    ``input`` the schedule is created inactive, pointing at ``<state>/inbox``, and runs start
+    only by hand (with an input) until it is given one.
+
+    Args:
+        config: Config whose registered model is scored (``models:/<name>@champion``).
+        name: Deployment name; default the config's file stem.
+        work_pool: Process work pool; default ``MTL_WORK_POOL``, else ``mtl-process``.
+        input: File, folder or glob to score on schedule (stored absolute).
+        output: Parquet file to write (placeholders ``{date}``, ``{time}``, ``{version}``);
+            default ``<state>/scores/{date}-v{version}.parquet``.
+        model_uri: Model to score with; default the config's champion.
+        cron: When the schedule runs.
+        timezone: IANA time zone of ``cron``.
+        paused: Create the deployment paused.
+        concurrency_limit: Runs of this deployment at once (``None``: no limit).
+
+    Returns:
+        The deployment's id, name, parameters and schedule.
+
+    Raises:
+        ConfigError: No Prefect server is configured or reachable, the pool does not exist,
+            or the config or parameters are invalid.
+    """
+    api_url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not api_url:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: a deployment needs a Prefect server "
+            "(infra/local/up, then source the env.sh it writes)"
+        )
+    pool = work_pool or os.environ.get("MTL_WORK_POOL") or DEFAULT_POOL
+    path = Path(config)
+    config_ref = str(path.resolve()) if path.is_file() else config
+    cfg = load_config(config_ref)
+    fields = {
+        "input": _absolute(input) if input else str(state_dir() / "inbox"),
+        "output": _absolute(output or str(state_dir() / "scores" / "{date}-v{version}.parquet")),
+        "model_uri": model_uri or f"models:/{cfg.tracking.registered_model}@champion",
+    }
+    try:
+        params = ScoreParams(**fields).model_dump(mode="json")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"scoring deployment: parameter '{where}': {err['msg']}") from None
+    _check_server(api_url, pool)
+
+    from prefect import flow
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_UI_URL
+
+    try:
+        schedule = Cron(
+            cron,
+            timezone=timezone,
+            slug=SCORING.slug,
+            active=input is not None,
+            parameters={"params": params},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"scoring schedule: {exc}") from None
+    scorer = flow.from_source(source=str(PROJECT_DIR), entrypoint=SCORE_ENTRYPOINT)
+    dep_name = name or Path(config_ref).stem
+    dep_id = scorer.deploy(
+        name=dep_name,
+        work_pool_name=pool,
+        parameters={"params": params},
+        schedules=[schedule],
+        description=(
+            "Score a batch with the champion (its alias resolved once, at the start), check "
+            "it for drift against the training inputs, and write Parquet predictions."
+        ),
+        tags=["mtl", "scoring"],
+        enforce_parameter_schema=True,
+        paused=paused,
+        concurrency_limit=concurrency_limit,
+        ignore_warnings=True,
+        print_next_steps=False,
+    )
+    ui = PREFECT_UI_URL.value()
+    return Deployed(
+        id=dep_id,
+        name=f"{SCORE_FLOW_NAME}/{dep_name}",
+        work_pool=pool,
+        parameters=params,
+        schedules={SCORING.slug: (cron, params)},
+        url=f"{ui}/deployments/deployment/{dep_id}" if ui else None,
+    )
+
+
+def _absolute(path: str) -> str:
+    """A path (or glob) made absolute: the worker runs flows from the repository root."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else Path.cwd() / p)

@@ -77,3 +77,64 @@ class PipelineParams(BaseModel):
             "train.device": self.device,
         }
         return [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(self.overrides)
+
+
+class ScoreParams(BaseModel):
+    """What a person or a schedule may choose for one run of ``mtl-score``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_number_fields)
+
+    input: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="CSV or Parquet file, a folder of them, or a glob such as "
+        "'/data/incoming/*.parquet'.",
+    )
+    output: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="Parquet file of predictions; {date}, {time} (UTC, at the start) and "
+        "{version} are filled in. Written only when the whole batch succeeds.",
+    )
+    model_uri: str = Field(
+        "models:/mtl-default@champion",
+        min_length=1,
+        max_length=500,
+        description="Registered model with an alias (resolved once, at the start) or a version.",
+    )
+    chunk_rows: int = Field(
+        100_000, ge=100, le=10_000_000, description="Rows read and scored at a time."
+    )
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="MLflow experiment of the scoring run; "
+        "empty = '<training experiment>-scoring'.",
+    )
+    psi_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Drift: PSI at or above which a feature drifts; "
+        "empty = the model's (drift.psi_threshold).",
+    )
+    p_value: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Drift: significance level of the per-feature test; "
+        "empty = the model's (drift.p_value).",
+    )
+    sample_rows: int | None = Field(
+        None,
+        ge=100,
+        le=1_000_000,
+        description="Drift: rows of the batch compared (a uniform "
+        "sample); empty = the model's (drift.sample_rows).",
+    )
+    fail_on_drift: bool | None = Field(
+        None,
+        description="Fail the run, writing nothing, when drift is flagged; empty = the "
+        "model's (drift.fail).",
+    )

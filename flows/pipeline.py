@@ -33,6 +33,7 @@ from prefect.task_runners import ProcessPoolTaskRunner
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
 from flows.params import PipelineParams
 from mtl_core.baselines import BaselineResult, single_task_baselines
+from mtl_core.card import card_facts, model_card
 from mtl_core.config import (
     DataConfig,
     ExperimentConfig,
@@ -44,7 +45,7 @@ from mtl_core.config import (
 from mtl_core.data import PreparedData, prepare
 from mtl_core.errors import MTLError
 from mtl_core.integrations import figures, search, tracking
-from mtl_core.integrations.serving import save_pyfunc
+from mtl_core.integrations.serving import model_package
 from mtl_core.metrics import delta_m, evaluate
 from mtl_core.model import MultiTaskModel
 from mtl_core.train import FitResult, train_from_config
@@ -286,19 +287,31 @@ def log_results(
 
 @task(name="register-model", cache_policy=NO_CACHE, **SERVER_RETRIES)
 def register_model(
-    parent: ParentRun, final: FinalModel, data: PreparedData, test_objective: float
+    parent: ParentRun,
+    final: FinalModel,
+    data: PreparedData,
+    test_objective: float,
+    metrics: dict[str, float] | None = None,
+    best_number: int | None = None,
 ) -> tracking.Promotion:
-    """Log the pyfunc model, register a version, and move ``champion`` only if it is better."""
+    """Log the model (with its card and drift profile), register it, promote it if better."""
     client = tracking.get_client()
     name = final.cfg.tracking.registered_model
-    example = data.splits["test"].rows.head(5)
-    version = tracking.log_model_version(
-        client,
-        parent.run_id,
-        lambda path: save_pyfunc(path, final.net, data.preprocessor, example),
-        name,
-        tags={tracking.SCORE_TAG: repr(test_objective), "dataset.fingerprint": data.fingerprint},
-    )
+    facts = card_facts(final.cfg, data, metrics or {}, parent.run_id, parent.url, best_number)
+    with model_package(final.net, final.cfg, data) as model:
+        version = tracking.log_model_version(
+            client,
+            parent.run_id,
+            model,
+            name,
+            tags={
+                tracking.SCORE_TAG: repr(test_objective),
+                "dataset.fingerprint": data.fingerprint,
+            },
+            card=model_card(facts),
+            metrics={k: v for k, v in (metrics or {}).items() if k.startswith(("test/", "val/"))},
+            params=facts.best_params,
+        )
     decision = tracking.promote(client, name, version, test_objective)
     tracking.set_tags(
         client,
@@ -448,7 +461,9 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
         metrics = evaluate_final(final, best_data)
         baselines = run_baselines(best_cfg, best_data) if cfg.baselines else None
         metrics = log_results(parent, final, best_data, metrics, baselines, study, best.number)
-        decision = register_model(parent, final, best_data, metrics["test/objective"])
+        decision = register_model(
+            parent, final, best_data, metrics["test/objective"], metrics, best.number
+        )
         publish_artifacts(
             parent, cfg, metrics, best.number, best.value, decision, search.top_trials(study)
         )

@@ -72,6 +72,11 @@ class DataConfig(_Strict):
     source: Literal["file", "synthetic", "penguins"] = "file"
     path: str | None = Field(None, description="CSV or Parquet file, for source 'file'.")
     features: list[str] | None = Field(None, description="Feature columns; default all others.")
+    id_column: str | None = Field(
+        None,
+        min_length=1,
+        description="Row id: never a feature; scoring carries it through to the predictions.",
+    )
     tasks: list[TaskConfig] = Field(min_length=1)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
@@ -86,6 +91,10 @@ class DataConfig(_Strict):
             raise ValueError(f"duplicate task names {dupes}; each task needs its own name")
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs 'path' (a .csv or .parquet file)")
+        if self.id_column and self.id_column in (self.features or []):
+            raise ValueError(f"id_column '{self.id_column}' must not be one of the features")
+        if self.id_column and self.id_column in {t.column for t in self.tasks}:
+            raise ValueError(f"id_column '{self.id_column}' must not be a task's target column")
         return self
 
 
@@ -301,6 +310,33 @@ class TrackingConfig(_Strict):
         return self.model_name or self.experiment
 
 
+class DriftConfig(_Strict):
+    """Drift checks of scoring runs against the training inputs (see :mod:`mtl_core.drift`).
+
+    The model carries this section with its reference profile; a scoring run may override
+    the thresholds. The defaults were chosen by ``python -m bench.scoring --only drift``
+    (docs/benchmarks/scoring.md): they catch at least 95 % of features shifted by 0.5
+    standard deviations and flag at most 5 % of unshifted ones from batches of 250 rows up;
+    batches above ``sample_rows`` are compared through a uniform sample of that size.
+    """
+
+    psi_threshold: float = Field(
+        0.1, gt=0, description="PSI at or above which a significant change is drift."
+    )
+    p_value: float = Field(
+        0.05, gt=0, lt=1, description="Significance level of the per-feature KS / chi² test."
+    )
+    sample_rows: int = Field(
+        5000, ge=100, le=1_000_000, description="Rows of a batch compared (a uniform sample)."
+    )
+    fail: bool = Field(False, description="Fail the scoring run when drift is flagged.")
+    bins: int = Field(10, ge=2, le=100, description="PSI bins per numeric feature.")
+    quantiles: int = Field(200, ge=10, le=5000, description="Quantiles stored per numeric feature.")
+    max_categories: int = Field(
+        50, ge=1, le=10_000, description="Levels profiled per categorical feature."
+    )
+
+
 class ExperimentConfig(_Strict):
     """A whole experiment: data and tasks, features, model, loss, training, search, tracking."""
 
@@ -311,6 +347,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     baselines: bool = Field(True, description="Train single-task baselines for delta_m.")
 
     @model_validator(mode="after")

@@ -261,13 +261,15 @@ def prepare_frame(
     shared = sorted({c for c in targets if targets.count(c) > 1})
     if shared:
         raise DataError(f"{source}: column(s) {shared} are the target of more than one task")
-    wanted = targets + (cfg.features or [])
+    ids = [cfg.id_column] if cfg.id_column else []
+    wanted = targets + (cfg.features or []) + ids
     missing = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
     if missing:
         raise DataError(
             f"{source}: column(s) {missing} not found; available: {list(frame.columns)[:20]}"
         )
-    feature_cols = cfg.features or [c for c in frame.columns if c not in targets]
+    # The row id is never a feature: it identifies rows, it does not describe them.
+    feature_cols = cfg.features or [c for c in frame.columns if c not in targets + ids]
     overlap = sorted(set(feature_cols) & set(targets))
     if overlap:
         raise DataError(f"{source}: column(s) {overlap} are both a feature and a target")

@@ -24,3 +24,7 @@ class NonFiniteLossError(MTLError):
 
 class SearchError(MTLError):
     """The hyper-parameter search produced no usable trial."""
+
+
+class DriftError(MTLError):
+    """A scoring batch drifted from the training inputs, and the run was told to fail on it."""

@@ -6,6 +6,7 @@ baselines) import none of these packages; only the modules here do:
 - :mod:`~mtl_core.integrations.search`: the Optuna search;
 - :mod:`~mtl_core.integrations.tracking`: MLflow runs, the registry and promotion;
 - :mod:`~mtl_core.integrations.serving`: the MLflow pyfunc model;
+- :mod:`~mtl_core.integrations.models`: a registry alias resolved to one version, and loaded;
 - :mod:`~mtl_core.integrations.figures`: matplotlib figures for the parent run.
 
 They live inside the package, not in ``flows/``, because the pyfunc model ships

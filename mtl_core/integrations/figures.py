@@ -63,6 +63,29 @@ def mtl_vs_baselines(
     return fig
 
 
+def drift_psi(report, top: int = 30) -> Figure:
+    """Horizontal bars of each feature's PSI (the ``top`` highest), drifted ones in red.
+
+    Args:
+        report: A :class:`~mtl_core.drift.DriftReport`.
+        top: Features shown at most.
+    """
+    feats = report.features[:top][::-1]  # highest PSI at the top
+    fig, ax = _pyplot().subplots(figsize=(6.0, 0.9 + 0.22 * max(1, len(feats))))
+    colors = ["tab:red" if f.drifted else "tab:gray" for f in feats]
+    ax.barh([f.feature for f in feats], [f.psi for f in feats], color=colors)
+    ax.axvline(report.psi_threshold, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"PSI (threshold {report.psi_threshold:g}; red: drifted, p < {report.p_value:g})")
+    shown = f", top {top} of {len(report.features)}" if len(report.features) > top else ""
+    ax.set_title(
+        f"Input drift: {len(report.drifted)} of {len(report.features)} features{shown}",
+        fontsize=10,
+    )
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     """Release a figure's memory."""
     _pyplot().close(fig)

@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import (
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 
 from mtl_core.config import state_dir
@@ -170,31 +178,69 @@ def log_dataset(
 
 
 def log_model_version(
-    client: MlflowClient, run_id: str, model_dir_writer, registered_name: str, tags: dict[str, str]
+    client: MlflowClient,
+    run_id: str,
+    model: dict[str, Any],
+    registered_name: str,
+    tags: dict[str, str],
+    *,
+    card: str | None = None,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    name: str = "model",
 ) -> str:
-    """Log a pyfunc model under the run's ``model/`` artifacts and register a version.
+    """Log a pyfunc model as an MLflow 3 logged model of the run and register a version of it.
+
+    The logged model is created with the run as its source and logged with
+    ``mlflow.pyfunc.log_model(name=..., model_id=...)`` (explicit ids, no active run), then
+    recorded as an output of the run, so it shows in the run's Models column; the new
+    registry version is made from it (``mlflow.register_model("models:/<model_id>")``), which
+    links the version, the logged model and the run.
 
     Args:
         client: MLflow client.
-        run_id: Run that owns the model artifacts.
-        model_dir_writer: ``callable(path)`` writing the pyfunc directory.
+        run_id: Run that produced the model.
+        model: Keyword arguments of ``mlflow.pyfunc.log_model``
+            (see :func:`~mtl_core.integrations.serving.pyfunc_model`).
         registered_name: Registered model name.
-        tags: Tags of the new version (e.g. its test objective).
+        tags: Tags of the logged model and of the new version (e.g. its test objective).
+        card: Model card (markdown): written as ``model_card.md`` next to ``MLmodel`` and
+            used as the version's description.
+        metrics: Metrics to attach to the logged model (they are the run's too).
+        params: Params of the logged model.
+        name: Name of the logged model.
 
     Returns:
         The new version number, as a string.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model"
-        model_dir_writer(path)
-        client.log_artifacts(run_id, str(path), artifact_path="model")
-    try:
-        client.create_registered_model(registered_name)
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    version = client.create_model_version(registered_name, source, run_id=run_id, tags=tags)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(
+        experiment_id,
+        name=name,
+        source_run_id=run_id,
+        tags=tags,
+        params={k: str(v)[:6000] for k, v in (params or {}).items()},
+    )
+    mlflow.pyfunc.log_model(name=name, model_id=logged.model_id, **model)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    if metrics:
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, 0, model_id=logged.model_id)
+            for k, v in metrics.items()
+            if v == v
+        ]
+        for i in range(0, len(items), _BATCH):
+            client.log_batch(run_id, metrics=items[i : i + _BATCH])
+    if card:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model_card.md"
+            path.write_text(card)
+            client.log_model_artifact(logged.model_id, str(path))
+    # register_model also tags the logged model with its version, which links the two in the UI.
+    version = mlflow.register_model(f"models:/{logged.model_id}", registered_name, tags=tags)
+    if card:
+        client.update_model_version(registered_name, version.version, description=card)
     return str(version.version)
 
 

