@@ -413,6 +413,7 @@ class _Population:
 
         self.lr = vec([c.train.lr for c in cfgs], torch.float64)
         self.wd = vec([c.train.weight_decay for c in cfgs])
+        self.wd_on = any(c.train.weight_decay > 0 for c in cfgs)
         self.clip = vec([c.train.grad_clip or math.inf for c in cfgs])
         self.l1 = vec([c.loss.l1 for c in cfgs])
         self.l2 = vec([c.loss.l2 for c in cfgs])
@@ -536,32 +537,38 @@ class _Population:
         member's loss would not do), so AdamW and SGD are written out here, following
         ``torch.optim``'s update rules, with ``lr`` a vector over the member dimension.
         """
-        a = active[:, None]
-        p = self.flat
         step = self.step + active
-        lr_col = lr.to(p.dtype)[:, None]
         if self.optimizer == "adamw":
-            b1, b2 = BETAS
-            decayed = p * (1 - lr_col * self.wd[:, None])
-            m = torch.lerp(self.m, grad, 1 - b1)
-            v = self.v * b2 + (1 - b2) * grad * grad
-            bc1 = 1 - b1**step  # float64, as torch computes them in Python floats
-            bc2_sqrt = (1 - b2**step).sqrt()
-            step_size = (lr / bc1).to(p.dtype)[:, None]
-            denom = v.sqrt() / bc2_sqrt.to(p.dtype)[:, None] + EPS
-            new = decayed - step_size * m / denom
-            self.v = torch.where(a, v, self.v)
-        else:  # SGD with momentum and weight decay, as torch.optim.SGD
-            d = grad + self.wd[:, None] * p
-            if self.momentum:
-                m = torch.where((step <= 1)[:, None], d, self.momentum * self.m + d)
-                d = m
-            else:
-                m = self.m
-            new = p - lr_col * d
-        self.m = torch.where(a, m, self.m)
-        p.copy_(torch.where(a, new, p))
+            self._adamw(grad, active, lr, step)
+        else:
+            self._sgd(grad, active, lr, step)
         self.step = step
+
+    def _adamw(self, grad, active, lr, step) -> None:
+        # In place, with a row's inactive flag as a zero factor: an inactive row's gradient
+        # is zeroed (it may be non-finite) and then weights, m and v stay exactly as they were.
+        p, b1, b2 = self.flat, *BETAS
+        on = active[:, None].to(p.dtype)  # (K, 1)
+        g = torch.where(active[:, None], grad, 0.0)
+        if self.wd_on:
+            p.mul_(1 - lr.to(p.dtype)[:, None] * self.wd[:, None] * on)
+        self.m.lerp_(g, (1 - b1) * on)
+        self.v.mul_(1 - (1 - b2) * on).addcmul_(g, g, value=1 - b2)
+        seen = step.clamp_min(1)  # a row that never stepped has m = v = 0: no 0/0
+        bc1 = 1 - b1**seen  # float64, as torch computes them in Python floats
+        bc2_sqrt = (1 - b2**seen).sqrt()
+        denom = (self.v.sqrt() / bc2_sqrt.to(p.dtype)[:, None]).add_(EPS)
+        p.sub_(self.m.div(denom).mul_((lr / bc1).to(p.dtype)[:, None] * on))
+
+    def _sgd(self, grad, active, lr, step) -> None:
+        # torch.optim.SGD with momentum and weight decay; inactive rows keep everything.
+        p, a = self.flat, active[:, None]
+        d = grad + self.wd[:, None] * p
+        if self.momentum:
+            m = torch.where((step <= 1)[:, None], d, self.momentum * self.m + d)
+            self.m = torch.where(a, m, self.m)
+            d = m
+        p.copy_(torch.where(a, p - lr.to(p.dtype)[:, None] * d, p))
 
     @torch.no_grad()
     def validate(self) -> tuple[list[float], list[list[float]]]:
