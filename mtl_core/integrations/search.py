@@ -599,32 +599,30 @@ def _finish(
     return run.frozen
 
 
-@contextlib.contextmanager
-def _heartbeats(study: optuna.Study, trials: list[optuna.Trial]):
-    """What ``Study.optimize`` does per trial, for a batch: stale trials failed, heartbeats kept.
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """What ``Study.optimize`` does before each trial: fail trials whose heartbeat stopped.
 
-    With an RDB storage, a batch that a crashed worker left RUNNING is marked
-    failed by the next worker instead of staying RUNNING forever. (Optuna has no
-    public API for this outside ``optimize``.)
+    With an RDB storage, trials that a crashed worker left RUNNING are marked failed
+    by the next worker instead of staying RUNNING forever. (Optuna has no public API
+    for heartbeats outside ``optimize``; ``_heartbeat`` is what ``optimize`` uses.)
     """
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    with contextlib.ExitStack() as stack:
-        for trial in trials:
-            stack.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
-        yield
-
-
-def _ask(study: optuna.Study, n: int) -> list[optuna.Trial]:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     if is_heartbeat_enabled(study._storage):
-        with warnings.catch_warnings():  # experimental, and what optimize calls per trial
+        with warnings.catch_warnings():  # flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-    with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": see _heartbeats
+
+
+def _ask(study: optuna.Study, beats: contextlib.ExitStack) -> optuna.Trial:
+    """A new trial, whose heartbeat runs until ``beats`` closes."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": it is, here
         warnings.filterwarnings("ignore", message="Heartbeat")
-        return [study.ask() for _ in range(n)]
+        trial = study.ask()
+    beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+    return trial
 
 
 def run_batch(
@@ -635,25 +633,37 @@ def run_batch(
     device: str = "auto",
     logger_factory: TrialLoggerFactory | None = None,
 ) -> list[optuna.trial.FrozenTrial]:
-    """Ask ``n`` trials, train them together, tell each its outcome; returns them, told.
+    """Ask up to ``n`` trials, train them together, tell each its outcome; returns them, told.
 
     ``trial_data(trial_cfg)`` gives a trial's data: one split, or its k folds.
-    Trials whose set-up fails are told FAIL at once. If the batch is
+    Trials whose set-up fails are told FAIL at once. When the logger factory
+    fails (a tracking server that is down), no further trial is asked for this
+    batch, as the sequential search fails one trial and not K. If the batch is
     interrupted (an exception escapes, KeyboardInterrupt included), every trial
     not yet told is told FAIL with the reason, so none stays RUNNING.
     """
-    trials = _ask(study, n)
-    runs = [_TrialRun(t) for t in trials]
+    _fail_stale_trials(study)
+    runs: list[_TrialRun] = []
+    live: list[_TrialRun] = []
     members: list[Member] = []
     try:
-        with _heartbeats(study, trials):
-            live = []
-            for run in runs:
+        with contextlib.ExitStack() as beats:
+            while len(runs) < n:
+                run = _TrialRun(_ask(study, beats))
+                runs.append(run)
                 try:
                     run.params = suggest(run.trial, cfg)
                     run.trial.set_user_attr("params", run.params)
-                    if logger_factory is not None:
+                except Exception as exc:
+                    _fail(study, run, f"{type(exc).__name__}: {exc}")
+                    continue
+                if logger_factory is not None:
+                    try:
                         run.logger = logger_factory(run.trial.number, run.params)
+                    except Exception as exc:
+                        _fail(study, run, f"{type(exc).__name__}: {exc}")
+                        break
+                try:
                     trial_cfg = apply_params(cfg, run.params)
                     new = [Member(trial_cfg, d) for d in trial_data(trial_cfg)]
                 except Exception as exc:

@@ -213,6 +213,24 @@ def test_a_trial_that_cannot_be_logged_keeps_its_outcome(tiny_synthetic, storage
     )
 
 
+def test_a_failing_logger_factory_ends_its_batch_early(tiny_synthetic, storage):
+    # A tracking server that is down fails one trial, not the whole batch of K.
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=4", "search.population=3")
+
+    def factory(number, params):
+        if number == 1:
+            raise ConnectionError("tracking server gone")
+        return _Recorder([], number)
+
+    ran = search.run_worker(
+        cfg, prepare(cfg.data), storage, 4, device="cpu", logger_factory=factory
+    )
+    study = search.open_study(cfg, storage)
+    assert ran == 4
+    assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].user_attrs["fail_reason"] == "ConnectionError: tracking server gone"
+
+
 def test_study_stop_in_a_callback_ends_the_search_after_the_batch(tiny_synthetic, storage):
     cfg = tiny_synthetic(*STUDY)
     data = prepare(cfg.data)
