@@ -578,8 +578,10 @@ def _finish(
         ]
     except Exception as exc:
         return _fail(study, run, f"{type(exc).__name__}: {exc}")
-    metrics = {k: statistics.fmean(f[k] for f in per_fold) for k in per_fold[0]}
-    metrics.pop("val/objective")  # the epoch history holds it; the summary has its own keys
+    # A metric a fold cannot give (AUC on a fold with one class) is averaged over the rest.
+    keys = dict.fromkeys(k for f in per_fold for k in f)
+    metrics = {k: statistics.fmean(f[k] for f in per_fold if k in f) for k in keys}
+    metrics.pop("val/objective", None)  # the epoch history holds it; the summary has its own
     values = [r.best_val_objective for r in results]
     value = statistics.fmean(values)
     best_epoch = round(statistics.fmean(r.best_epoch for r in results))
