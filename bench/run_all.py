@@ -31,6 +31,7 @@ SCRIPTS = [
     "overhead",
     "pruning",
     "parallel",
+    "population",
     "scaling",
     "scoring",
     "gpu_throughput",
@@ -41,6 +42,7 @@ TITLES = {
     "overhead": "Orchestration overhead and MLflow logging cost",
     "pruning": "Pruning",
     "parallel": "Parallel trials",
+    "population": "Population search and cross-validation",
     "scaling": "How cost grows",
     "scoring": "Scoring: streaming and drift detection",
     "gpu_throughput": "GPU",
@@ -170,6 +172,49 @@ def targets_table(out: Path) -> str:
         "≥ 1.7x",
         lambda v: f"{v:.2f}x",
         lambda v: v >= 1.7,
+    )
+    for name in ("default", "adult"):
+        add(
+            f"population K=16 vs sequential search, trials/hour: {name}",
+            "population",
+            lambda r, n=name: {x["k"]: x["speedup"] for x in r["throughput"][n]}[16],
+            "≥ 4x",
+            lambda v: f"{v:.2f}x",
+            lambda v: v >= 4.0,
+        )
+    population = _load(out, "population")
+    if population:
+        quality = population["results"].get("quality", {})
+        for name, verdict in quality.items():
+            if name.endswith("/verdict"):
+                rows.append(
+                    [
+                        f"population vs sequential at equal time: {name.split('/')[0]}",
+                        "best val "
+                        + ("equal or better" if verdict["best_value"] else "worse")
+                        + ", test objective "
+                        + ("equal or better" if verdict["test_objective"] else "worse"),
+                        "equal or better, means over ≥ 3 seeds",
+                        "met" if all(verdict.values()) else "missed",
+                    ]
+                )
+        for name, cv in population["results"].get("cv", {}).items():
+            if "16" in cv["ratio"]:
+                rows.append(
+                    [
+                        f"5-fold CV as a population (K=16) / fixed split, wall time: {name}",
+                        f"{cv['ratio']['16']:.2f}x",
+                        "≤ 2x",
+                        "met" if cv["ratio"]["16"] <= 2.0 else "missed",
+                    ]
+                )
+    add(
+        "largest K within 8 GiB (Adult, linear fit of peak RSS)",
+        "population",
+        lambda r: r["memory"]["k_max_8gib"],
+        "–",
+        lambda v: f"{v:,}" if v is not None else "–",
+        None,
     )
     add(
         "epoch time growth with rows (exponent)",
@@ -325,6 +370,11 @@ def assemble(out: Path, page: Path) -> Path:
             )
         else:
             parts.append(f"Not run yet: `python -m bench.{name}`.")
+        if name == "gpu_throughput":  # bench/gpu_check.sh also writes the population case
+            extra = _load(out, "gpu_population")
+            if extra is not None and (extra["results"].get("cuda") or extra["smoke"]):
+                body = _strip_title((out / "gpu_population.md").read_text())
+                parts += ["", "#### Population training on the GPU", "", _relink(body, prefix)]
         note = NOTES_DIR / f"{name}.md"
         if note.is_file():
             parts += ["", note.read_text().strip("\n")]

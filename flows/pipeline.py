@@ -407,9 +407,12 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna
     shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
     logger = get_run_logger()
     shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)  # no password in logs
+    batches = f", {cfg.search.population} at a time" if cfg.search.population > 1 else ""
+    if cfg.search.cv_folds > 1:
+        batches += f", each on {cfg.search.cv_folds} folds"
     logger.info(
         f"study '{study.study_name}' at {shown}: {remaining} trial(s) to run "
-        f"on {len(shares)} worker(s)"
+        f"on {len(shares)} worker(s){batches}"
     )
     if len(shares) == 1:
         search_worker(cfg, data, storage_url, shares[0], parent)

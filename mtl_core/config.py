@@ -254,6 +254,12 @@ class SearchConfig(_Strict):
     pruner_startup_trials: int = Field(3, ge=0, description="Trials run before any pruning.")
     pruner_warmup_epochs: int = Field(2, ge=0, description="Epochs of a trial before pruning.")
     trial_epochs: int | None = Field(None, ge=1, description="Epochs per trial; default train.")
+    population: int = Field(
+        1, ge=1, le=4096, description="Trials trained at once as one batched model; 1 = one by one."
+    )
+    cv_folds: int = Field(
+        1, ge=1, le=20, description="k-fold CV on the training split; 1 = the validation split."
+    )
     weights: bool = Field(True, description="Search task weights on the simplex (static only).")
     l1: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))
     l2: Range | None = Field(default_factory=lambda: Range(low=1e-6, high=1e-2))

@@ -195,6 +195,60 @@ class PreparedData:
             splits[name] = Split(X=X, C=C, y=s.y, rows=s.rows)
         return PreparedData(refit, splits, self.fingerprint, self.source, self.n_rows)
 
+    def cv_folds(self, k: int, seed: int = 0) -> list[PreparedData]:
+        """The training split cut into ``k`` folds: fold j trains on the others, validates on j.
+
+        The folds are stratified on the first classification task with at least
+        ``k`` rows per class (missing labels as their own stratum), like the
+        split itself, else plain seeded ``KFold``. The validation and test splits
+        are not used: each fold holds only ``train`` and ``val``, so nothing can
+        read the test rows through it.
+
+        The feature transforms are refitted on each fold's training rows (the
+        same :meth:`Preprocessor.fit` path as :meth:`with_features`), so no
+        statistic of a fold's held-out rows reaches its training inputs; piecewise
+        linear bins, computed from the training split when a model is built, follow.
+        The targets keep the encoding fitted on the whole training split: class
+        lists come from every labelled row anyway, and a regression target's
+        standardisation is one affine map, the same for every trial on a fold. It
+        carries no row-level information about the held-out rows; it scales that
+        fold's objective by std_train² / std_fold² (near 1), equally for every
+        trial, so it cannot reorder trials on a fold.
+
+        Raises:
+            ValueError: ``k`` is below 2 or above the number of training rows.
+        """
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        train = self.splits["train"]
+        if not 2 <= k <= len(train):
+            raise ValueError(f"search.cv_folds={k}: need 2 <= k <= {len(train)} training rows")
+        strata = None
+        for t in self.tasks:
+            labels = t.stratify_labels(pd.Series(train.y[t.name]))
+            if labels is not None and labels.value_counts().min() >= k:
+                strata = labels.to_numpy()
+                break
+        if strata is not None:
+            cut = StratifiedKFold(k, shuffle=True, random_state=seed).split(train.X, strata)
+        else:
+            cut = KFold(k, shuffle=True, random_state=seed).split(train.X)
+        pre = self.preprocessor
+        folds = []
+        for fit_rows, held_out in cut:
+            parts = {"train": fit_rows, "val": held_out}
+            rows = {n: train.rows.iloc[i].reset_index(drop=True) for n, i in parts.items()}
+            refit = Preprocessor.fit(
+                rows["train"], pre.numeric, pre.categorical, pre.settings, pre.tasks, self.n_rows
+            )
+            splits = {}
+            for name, idx in parts.items():
+                X, C = refit.transform(rows[name], self.source)
+                y = {t: v[idx] for t, v in train.y.items()}
+                splits[name] = Split(X=X, C=C, y=y, rows=rows[name])
+            folds.append(PreparedData(refit, splits, self.fingerprint, self.source, self.n_rows))
+        return folds
+
 
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)

@@ -14,14 +14,28 @@ load-if-exists, so running the same experiment again resumes it.
 
 Logging is injected: ``run_worker`` takes a factory of :class:`TrialLogger`,
 which the pipeline implements with MLflow, so this module stays server-free.
+
+With ``search.population: K`` (K > 1) or ``search.cv_folds: k`` (k > 1) the
+search runs in batches through Optuna's ask-and-tell interface instead of
+``Study.optimize``: it asks ``min(K, remaining)`` trials, trains their models
+together with :func:`mtl_core.population.train_population` (a trial with k folds
+is k members), reports each trial's per-epoch value to its trial and prunes it
+there, and tells each trial its outcome. TPE's ``constant_liar`` keeps the trials
+of a batch apart. A trial's value under cross-validation is the mean over its
+folds of the best validation objective.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
+import statistics
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +46,7 @@ from mtl_core.config import ExperimentConfig, SearchConfig, state_dir
 from mtl_core.data import PreparedData
 from mtl_core.errors import ConfigError, MTLError, SearchError
 from mtl_core.metrics import evaluate
+from mtl_core.population import EpochEvent, Member, MemberResult, train_population
 from mtl_core.train import EpochLog, train_from_config
 
 FINISHED = (
@@ -300,6 +315,19 @@ def _close(
         trial.set_user_attr("log_error", f"{type(exc).__name__}: {exc}")
 
 
+def _representations(data: PreparedData) -> Callable[[ExperimentConfig], PreparedData]:
+    """``data`` in a trial's input representation, refitted once per scikit-learn representation."""
+    variants: dict[tuple[str, str], PreparedData] = {}
+
+    def represent(trial_cfg: ExperimentConfig) -> PreparedData:
+        key = trial_cfg.features.preprocessing_key()
+        if key not in variants:
+            variants[key] = data.with_features(trial_cfg.features)
+        return variants[key].with_features(trial_cfg.features)
+
+    return represent
+
+
 def make_objective(
     cfg: ExperimentConfig,
     data: PreparedData,
@@ -307,13 +335,7 @@ def make_objective(
     logger_factory: TrialLoggerFactory | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: train with sampled params, return the best val objective."""
-    variants: dict[tuple[str, str], PreparedData] = {}  # data per scikit-learn representation
-
-    def represent(trial_cfg: ExperimentConfig) -> PreparedData:
-        key = trial_cfg.features.preprocessing_key()
-        if key not in variants:
-            variants[key] = data.with_features(trial_cfg.features)
-        return variants[key].with_features(trial_cfg.features)
+    represent = _representations(data)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, cfg)
@@ -382,7 +404,8 @@ def run_worker(
 
     Failed trials (any exception) are recorded with their reason and do not
     stop the worker. Several workers may run this against one journal or RDB
-    storage at once.
+    storage at once. With ``search.population`` or ``search.cv_folds`` above 1
+    the trials run in batches (:func:`run_batches`), otherwise one by one.
 
     Returns:
         The number of trials this worker ran.
@@ -392,6 +415,9 @@ def run_worker(
     if n_trials <= 0:
         return 0
     study = open_study(cfg, storage_url)
+    if cfg.search.population > 1 or cfg.search.cv_folds > 1:
+        callbacks = [progress] if progress else []
+        return run_batches(cfg, data, study, n_trials, timeout_s, device, logger_factory, callbacks)
     ran = []  # trials of this worker only; others may share the study
     callbacks = [lambda study, trial: ran.append(trial.number)]
     if progress:
@@ -404,6 +430,314 @@ def run_worker(
         callbacks=callbacks,
     )
     return len(ran)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class _BatchStudy:
+    """The study as the callbacks of a batched search see it.
+
+    ``Study.stop`` works only inside ``Study.optimize``; here it ends the search
+    after the batch in progress, as it ends ``optimize`` after the trial in progress.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study, self.stopped = study, False
+
+    def stop(self) -> None:
+        """Run no further batch."""
+        self.stopped = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class _SiblingFailed(Exception):
+    """Stops a trial's other folds once one of them failed: the trial has failed."""
+
+
+@dataclass
+class _TrialRun:
+    """One trial of a batch: its members (folds) and what it reported so far."""
+
+    trial: optuna.Trial
+    params: dict[str, Any] = field(default_factory=dict)
+    logger: TrialLogger | None = None
+    members: list[int] = field(default_factory=list)
+    history: list[EpochLog] = field(default_factory=list)
+    last: dict[int, EpochLog] = field(default_factory=dict)  # each member's latest epoch
+    pruned: optuna.TrialPruned | None = None
+    failed: bool = False
+    frozen: optuna.trial.FrozenTrial | None = None
+
+
+def _mean_log(logs: list[EpochLog], epoch: int) -> EpochLog:
+    """The folds' epoch logs as one: every loss averaged; a fold that ended counts its last."""
+    if len(logs) == 1:
+        return dataclasses.replace(logs[0], epoch=epoch)
+
+    def mean(key: str, task: str | None = None) -> float:
+        vals = [getattr(log, key) if task is None else getattr(log, key)[task] for log in logs]
+        return statistics.fmean(vals)
+
+    tasks = list(logs[0].val_task_losses)
+    return EpochLog(
+        epoch,
+        mean("train_loss"),
+        {t: mean("train_task_losses", t) for t in tasks},
+        mean("val_objective"),
+        {t: mean("val_task_losses", t) for t in tasks},
+        logs[0].lr,
+        max(log.seconds for log in logs),
+    )
+
+
+def _mean_history(histories: list[list[EpochLog]]) -> list[EpochLog]:
+    """Per epoch, :func:`_mean_log` of the folds (a fold that stopped early counts its last)."""
+    out = []
+    for epoch in range(1, max(len(h) for h in histories) + 1):
+        out.append(_mean_log([h[min(epoch, len(h)) - 1] for h in histories if h], epoch))
+    return out
+
+
+def _log_epoch(run: _TrialRun, log: EpochLog) -> None:
+    if run.logger is None:
+        return
+    try:
+        run.logger.log_epoch(log)
+    except Exception as exc:  # a log never changes the trial's outcome
+        run.trial.set_user_attr("log_error", f"{type(exc).__name__}: {exc}")
+
+
+def _fail(study: optuna.Study, run: _TrialRun, reason: str) -> optuna.trial.FrozenTrial:
+    run.trial.set_user_attr("fail_reason", reason)
+    _close(run.trial, run.logger, "FAILED", {}, reason)
+    run.frozen = study.tell(run.trial, state=optuna.trial.TrialState.FAIL)
+    return run.frozen
+
+
+def _epoch_reports(runs: list[_TrialRun]) -> Callable[[EpochEvent], dict[int, BaseException]]:
+    """``on_epoch`` of a batch: each trial's mean over its folds, reported to its trial.
+
+    A trial is reported to (and may be pruned) only when all its folds train in
+    one group, which is the rule: folds of one trial share their shapes. Pruning
+    or a failed fold stops the trial's other folds at once.
+    """
+
+    def on_epoch(event: EpochEvent) -> dict[int, BaseException]:
+        group, stops = set(event.group), {}
+        for run in runs:
+            mine = [i for i in run.members if i in event.logs or i in event.ended]
+            if run.pruned or run.failed or not mine or not set(run.members) <= group:
+                continue
+            if any(event.ended.get(i) is not None for i in mine):
+                run.failed = True
+                stops.update({i: _SiblingFailed("another fold failed") for i in run.members})
+                continue
+            run.last.update({i: event.logs[i] for i in mine if i in event.logs})
+            if not any(i in event.logs for i in mine):
+                continue
+            log = _mean_log([run.last[i] for i in run.members], event.epoch)
+            run.history.append(log)
+            _log_epoch(run, log)
+            run.trial.report(log.val_objective, event.epoch)
+            if run.trial.should_prune():
+                run.pruned = optuna.TrialPruned(f"pruned at epoch {event.epoch}")
+                stops.update({i: run.pruned for i in run.members})
+        return stops
+
+    return on_epoch
+
+
+def _finish(
+    study: optuna.Study,
+    run: _TrialRun,
+    members: list[Member],
+    outcomes: list[tuple[Any, MemberResult]],
+    device: str,
+) -> optuna.trial.FrozenTrial:
+    """Tell one trial of a batch how it ended, and close its log."""
+    folds = len(members) > 1
+    for j, (_, res) in enumerate(outcomes):
+        if res.error is not None and not isinstance(res.error, optuna.TrialPruned | _SiblingFailed):
+            reason = f"{type(res.error).__name__}: {res.error}"
+            return _fail(study, run, f"fold {j}: {reason}" if folds else reason)
+    if run.pruned is not None:
+        _close(run.trial, run.logger, "PRUNED", {}, str(run.pruned))
+        run.frozen = study.tell(run.trial, state=optuna.trial.TrialState.PRUNED)
+        return run.frozen
+    results = [res for _, res in outcomes]
+    if not run.history:  # folds trained in different groups: log their mean now
+        for log in _mean_history([r.history for r in results]):
+            _log_epoch(run, log)
+    try:
+        per_fold = [
+            evaluate(model, m.data, ("val",), device)  # never the test split
+            for (model, _), m in zip(outcomes, members, strict=True)
+        ]
+    except Exception as exc:
+        return _fail(study, run, f"{type(exc).__name__}: {exc}")
+    # A metric a fold cannot give (AUC on a fold with one class) is averaged over the rest.
+    keys = dict.fromkeys(k for f in per_fold for k in f)
+    metrics = {k: statistics.fmean(f[k] for f in per_fold if k in f) for k in keys}
+    metrics.pop("val/objective", None)  # the epoch history holds it; the summary has its own
+    values = [r.best_val_objective for r in results]
+    value = statistics.fmean(values)
+    best_epoch = round(statistics.fmean(r.best_epoch for r in results))
+    epochs_run = max(r.epochs_run for r in results)
+    metrics.update(
+        {"val/best_objective": value, "best_epoch": best_epoch, "epochs_run": epochs_run}
+    )
+    if folds:
+        metrics.update({f"val/fold_objective/{j}": v for j, v in enumerate(values)})
+        metrics["val/fold_std"] = statistics.stdev(values)
+        run.trial.set_user_attr("fold_objectives", values)
+        run.trial.set_user_attr("fold_std", metrics["val/fold_std"])
+    run.trial.set_user_attr("best_epoch", best_epoch)
+    run.trial.set_user_attr("epochs_run", epochs_run)
+    _close(run.trial, run.logger, "COMPLETE", metrics, None)
+    run.frozen = study.tell(run.trial, value)
+    return run.frozen
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """What ``Study.optimize`` does before each trial: fail trials whose heartbeat stopped.
+
+    With an RDB storage, trials that a crashed worker left RUNNING are marked failed
+    by the next worker instead of staying RUNNING forever. (Optuna has no public API
+    for heartbeats outside ``optimize``; ``_heartbeat`` is what ``optimize`` uses.)
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if is_heartbeat_enabled(study._storage):
+        with warnings.catch_warnings():  # flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def _ask(study: optuna.Study, beats: contextlib.ExitStack) -> optuna.Trial:
+    """A new trial, whose heartbeat runs until ``beats`` closes."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": it is, here
+        warnings.filterwarnings("ignore", message="Heartbeat")
+        trial = study.ask()
+    beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+    return trial
+
+
+def run_batch(
+    cfg: ExperimentConfig,
+    study: optuna.Study,
+    n: int,
+    trial_data: Callable[[ExperimentConfig], list[PreparedData]],
+    device: str = "auto",
+    logger_factory: TrialLoggerFactory | None = None,
+) -> list[optuna.trial.FrozenTrial]:
+    """Ask up to ``n`` trials, train them together, tell each its outcome; returns them, told.
+
+    ``trial_data(trial_cfg)`` gives a trial's data: one split, or its k folds.
+    Trials whose set-up fails are told FAIL at once. When the logger factory
+    fails (a tracking server that is down), no further trial is asked for this
+    batch, as the sequential search fails one trial and not K. If the batch is
+    interrupted (an exception escapes, KeyboardInterrupt included), every trial
+    not yet told is told FAIL with the reason, so none stays RUNNING.
+    """
+    _fail_stale_trials(study)
+    runs: list[_TrialRun] = []
+    live: list[_TrialRun] = []
+    members: list[Member] = []
+    try:
+        with contextlib.ExitStack() as beats:
+            while len(runs) < n:
+                run = _TrialRun(_ask(study, beats))
+                runs.append(run)
+                try:
+                    run.params = suggest(run.trial, cfg)
+                    run.trial.set_user_attr("params", run.params)
+                except Exception as exc:
+                    _fail(study, run, f"{type(exc).__name__}: {exc}")
+                    continue
+                if logger_factory is not None:
+                    try:
+                        run.logger = logger_factory(run.trial.number, run.params)
+                    except Exception as exc:
+                        _fail(study, run, f"{type(exc).__name__}: {exc}")
+                        break
+                try:
+                    trial_cfg = apply_params(cfg, run.params)
+                    new = [Member(trial_cfg, d) for d in trial_data(trial_cfg)]
+                except Exception as exc:
+                    _fail(study, run, f"{type(exc).__name__}: {exc}")
+                    continue
+                run.members = list(range(len(members), len(members) + len(new)))
+                members += new
+                live.append(run)
+            outcomes = train_population(
+                members,
+                device=device,
+                epochs=cfg.search.trial_epochs,
+                on_epoch=_epoch_reports(live),
+            )
+            for run in live:
+                _finish(
+                    study,
+                    run,
+                    [members[i] for i in run.members],
+                    [outcomes[i] for i in run.members],
+                    device,
+                )
+    except BaseException as exc:
+        for run in runs:
+            if run.frozen is None:
+                _fail(study, run, f"interrupted: {type(exc).__name__}: {exc}")
+        raise
+    return [run.frozen for run in runs]
+
+
+def run_batches(
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    study: optuna.Study,
+    n_trials: int,
+    timeout_s: float | None = None,
+    device: str = "auto",
+    logger_factory: TrialLoggerFactory | None = None,
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+) -> int:
+    """Run ``n_trials`` trials in batches of ``search.population`` (never more than asked for).
+
+    Each callback gets every trial once it is told, as ``Study.optimize``'s do;
+    ``study.stop()`` there ends the search after the batch. No batch starts after
+    ``timeout_s``.
+
+    Returns:
+        The number of trials run.
+    """
+    represent = _representations(data)
+    folds: dict[tuple[str, str], list[PreparedData]] = {}
+    k = cfg.search.cv_folds
+
+    def trial_data(trial_cfg: ExperimentConfig) -> list[PreparedData]:
+        if k <= 1:
+            return [represent(trial_cfg)]
+        key = trial_cfg.features.preprocessing_key()
+        if key not in folds:
+            folds[key] = represent(trial_cfg).cv_folds(k, cfg.data.split_seed)
+        return [f.with_features(trial_cfg.features) for f in folds[key]]
+
+    view, ran, t0 = _BatchStudy(study), 0, time.monotonic()
+    while ran < n_trials and not view.stopped:
+        if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
+            break
+        size = min(cfg.search.population, n_trials - ran)
+        told = run_batch(cfg, study, size, trial_data, device, logger_factory)
+        ran += len(told)
+        for frozen in told:
+            for cb in callbacks or []:
+                cb(view, frozen)
+    return ran
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -15,6 +15,7 @@ SCRIPTS = [
     "overhead",
     "pruning",
     "parallel",
+    "population",
     "scaling",
     "scoring",
     "gpu_throughput",
@@ -38,7 +39,7 @@ def smoke(tmp_path_factory):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    reports = {n: json.loads((out / f"{n}.json").read_text()) for n in SCRIPTS}
+    reports = {n: json.loads((out / f"{n}.json").read_text()) for n in [*SCRIPTS, "gpu_population"]}
     return out, reports
 
 
@@ -145,3 +146,23 @@ def test_scoring_benchmark_numbers_are_sane(scoring_smoke):
     assert drift["defaults"]["psi_threshold"] > 0 and len(drift["grid"]) == 15
     for png in r["plots"]:
         assert (out / png).stat().st_size > 1000
+
+
+def test_population_numbers_are_sane(smoke):
+    _, r = smoke
+    pop = r["population"]["results"]
+    rows = pop["throughput"]["default"]
+    assert [x["k"] for x in rows] == [1, 4]
+    assert rows[1]["trials"] == 4  # one batch of 4, never more than asked for
+    assert all(finite_positive(x["trials_per_hour"]) for x in rows)
+    for rec in pop["quality"]["default"]:
+        assert rec["sequential"]["trials"] >= 1 and rec["population"]["trials"] >= 2
+        assert math.isfinite(rec["sequential"]["best_value"])
+    cv = pop["cv"]["penguins"]
+    assert finite_positive(cv["ratio"]["2"])
+    assert all(math.isfinite(e["best_value"]) for e in cv["effect"].values())
+    assert [m["k"] for m in pop["memory"]["rows"]] == [1, 8]
+    assert all(finite_positive(m["peak_bytes"]) for m in pop["memory"]["rows"])
+    gpu = r["gpu_population"]["results"]
+    assert not gpu["imported_forbidden"]
+    assert all(finite_positive(v["member_rows_s"]) for v in gpu["by_setting"].values())

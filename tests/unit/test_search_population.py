@@ -1,0 +1,293 @@
+"""Batched search: ask-and-tell in batches, exact trial counts, pruning, failures, and k-fold CV."""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+import pytest
+
+from mtl_core.data import prepare
+from mtl_core.errors import SearchError
+from mtl_core.integrations import search
+
+STUDY = [
+    "search.n_trials=5",
+    "search.sampler=random",
+    "search.pruner=none",
+    "search.trial_epochs=2",
+    "search.population=2",
+    "tracking.experiment=unit-batches",
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    yield
+    optuna.logging.set_verbosity(level)
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return f"sqlite:///{tmp_path / 'o.db'}"
+
+
+def _states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+class _Recorder:
+    def __init__(self, events, number):
+        self.events, self.number = events, number
+
+    def log_epoch(self, log):
+        self.events.append((self.number, "epoch", log.epoch))
+
+    def finish(self, state, metrics, reason):
+        self.events.append((self.number, state, reason, metrics))
+
+
+def _batch_sizes(monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    real = search.run_batch
+
+    def spy(cfg, study, n, *args, **kw):
+        sizes.append(n)
+        return real(cfg, study, n, *args, **kw)
+
+    monkeypatch.setattr(search, "run_batch", spy)
+    return sizes
+
+
+def test_batches_never_overshoot_and_a_resumed_study_reaches_n_trials(
+    tiny_synthetic, storage, monkeypatch
+):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    sizes = _batch_sizes(monkeypatch)
+    assert search.run_worker(cfg, data, storage, 3, device="cpu") == 3
+    assert sizes == [2, 1]
+    study = search.open_study(cfg, storage)
+    remaining = cfg.search.n_trials - search.finished_trials(study)
+    assert search.run_worker(cfg, data, storage, remaining, device="cpu") == 2
+    assert sizes == [2, 1, 2]
+    study = search.open_study(cfg, storage)
+    assert search.finished_trials(study) == 5
+    assert _states(study) == ["COMPLETE"] * 5
+    best = search.best_trial(study)
+    assert best.user_attrs["epochs_run"] == 2
+    assert set(best.user_attrs["params"]) >= {"tasks.y0_value.weight", "train.lr"}
+    # Raising n_trials later resumes the same study to the new total, exactly.
+    more = tiny_synthetic(*STUDY, "search.n_trials=8")
+    remaining = more.search.n_trials - search.finished_trials(search.open_study(more, storage))
+    assert search.run_worker(more, data, storage, remaining, device="cpu") == 3
+    assert search.finished_trials(search.open_study(more, storage)) == 8
+
+
+def test_an_interrupted_batch_leaves_no_trial_running(tiny_synthetic, storage, monkeypatch):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    real, calls = search.train_population, []
+
+    def interrupted(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("stopped by hand")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(search, "train_population", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search.run_worker(cfg, data, storage, 5, device="cpu")
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    for t in study.trials[2:]:
+        assert t.user_attrs["fail_reason"] == "interrupted: KeyboardInterrupt: stopped by hand"
+    # As in the sequential search, an interrupted trial counts as finished (failed);
+    # resuming runs the rest and the study holds exactly n_trials.
+    monkeypatch.setattr(search, "train_population", real)
+    remaining = cfg.search.n_trials - search.finished_trials(study)
+    assert remaining == 1
+    assert search.run_worker(cfg, data, storage, remaining, device="cpu") == 1
+    assert search.finished_trials(search.open_study(cfg, storage)) == 5
+
+
+def test_failed_trials_are_recorded_and_the_batch_goes_on(tiny_synthetic, storage, monkeypatch):
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=3", "search.population=3")
+    data = prepare(cfg.data)
+    real, calls = search.apply_params, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in trial 1")
+        return real(*args)
+
+    monkeypatch.setattr(search, "apply_params", flaky)
+    events = []
+    ran = search.run_worker(
+        cfg, data, storage, 3, device="cpu", logger_factory=lambda n, p: _Recorder(events, n)
+    )
+    study = search.open_study(cfg, storage)
+    assert ran == 3
+    assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert study.trials[1].user_attrs["fail_reason"] == "RuntimeError: boom in trial 1"
+    assert (1, "FAILED", "RuntimeError: boom in trial 1", {}) in events
+    assert [e[:3] for e in events if e[0] == 0] == [
+        (0, "epoch", 1),
+        (0, "epoch", 2),
+        (0, "COMPLETE", None),
+    ]
+
+
+def test_diverging_trials_fail_with_their_reason(tiny_synthetic, storage):
+    cfg = tiny_synthetic(
+        *STUDY,
+        "search.n_trials=2",
+        "train.optimizer=sgd",
+        "train.grad_clip=null",
+        "search.lr={low: 1.0e6, high: 1.0e7}",
+    )
+    data = prepare(cfg.data)
+    assert search.run_worker(cfg, data, storage, 2, device="cpu") == 2
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["fail_reason"].startswith("NonFiniteLossError") for t in study.trials)
+    with pytest.raises(SearchError, match="no trial completed"):
+        search.best_trial(study)
+
+
+class _PruneOdd(optuna.pruners.BasePruner):
+    """Prunes odd-numbered trials at epoch 2."""
+
+    def prune(self, study, trial):
+        return trial.number % 2 == 1 and trial.last_step == 2
+
+
+def _batched_study(cfg, storage, pruner):
+    return optuna.create_study(
+        storage=storage,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=pruner,
+        study_name=f"prune-{type(pruner).__name__}",
+    )
+
+
+def test_pruned_trials_stop_and_leave_the_others_unaffected(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY, "search.trial_epochs=4", "train.patience=null")
+    data = prepare(cfg.data)
+    events = []
+    pruned = _batched_study(cfg, storage, _PruneOdd())
+    ran = search.run_batches(
+        cfg, data, pruned, 4, device="cpu", logger_factory=lambda n, p: _Recorder(events, n)
+    )
+    assert ran == 4
+    assert _states(pruned) == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
+    for n in (1, 3):
+        assert [e[2] for e in events if e[0] == n and e[1] == "epoch"] == [1, 2]
+        assert (n, "PRUNED", "pruned at epoch 2", {}) in events
+        assert pruned.trials[n].intermediate_values.keys() == {1, 2}
+    for n in (0, 2):
+        assert [e[2] for e in events if e[0] == n and e[1] == "epoch"] == [1, 2, 3, 4]
+    unpruned = _batched_study(cfg, storage, optuna.pruners.NopPruner())
+    search.run_batches(cfg, data, unpruned, 4, device="cpu")
+    for n in (0, 2):
+        assert pruned.trials[n].params == unpruned.trials[n].params
+        assert pruned.trials[n].value == pytest.approx(unpruned.trials[n].value, rel=1e-6)
+
+
+def test_a_trial_that_cannot_be_logged_keeps_its_outcome(tiny_synthetic, storage):
+    class Dead(_Recorder):
+        def finish(self, state, metrics, reason):
+            raise ConnectionError("tracking server gone")
+
+    cfg = tiny_synthetic(*STUDY)
+    search.run_worker(
+        cfg, prepare(cfg.data), storage, 2, device="cpu", logger_factory=lambda n, p: Dead([], n)
+    )
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE", "COMPLETE"]
+    assert all(
+        t.user_attrs["log_error"] == "ConnectionError: tracking server gone" for t in study.trials
+    )
+
+
+def test_a_failing_logger_factory_ends_its_batch_early(tiny_synthetic, storage):
+    # A tracking server that is down fails one trial, not the whole batch of K.
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=4", "search.population=3")
+
+    def factory(number, params):
+        if number == 1:
+            raise ConnectionError("tracking server gone")
+        return _Recorder([], number)
+
+    ran = search.run_worker(
+        cfg, prepare(cfg.data), storage, 4, device="cpu", logger_factory=factory
+    )
+    study = search.open_study(cfg, storage)
+    assert ran == 4
+    assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].user_attrs["fail_reason"] == "ConnectionError: tracking server gone"
+
+
+def test_study_stop_in_a_callback_ends_the_search_after_the_batch(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    seen = []
+
+    def progress(study, trial):
+        seen.append((trial.number, search.finished_trials(study)))
+        study.stop()
+
+    assert search.run_worker(cfg, data, storage, 5, device="cpu", progress=progress) == 2
+    assert seen == [(0, 2), (1, 2)]
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+class _NoTestSplit:
+    """Stands in for the test split; any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read ({name})")
+
+    def __len__(self):
+        raise AssertionError("the test split was read (len)")
+
+
+def test_cv_trial_value_is_the_mean_of_its_logged_folds(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=3", "search.cv_folds=3")
+    data = prepare(cfg.data)
+    data.splits["test"] = _NoTestSplit()
+    events = []
+    assert (
+        search.run_worker(
+            cfg, data, storage, 3, device="cpu", logger_factory=lambda n, p: _Recorder(events, n)
+        )
+        == 3
+    )
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE"] * 3
+    for trial in study.trials:
+        (metrics,) = [e[3] for e in events if e[0] == trial.number and e[1] == "COMPLETE"]
+        folds = [metrics[f"val/fold_objective/{j}"] for j in range(3)]
+        assert len(set(folds)) == 3
+        assert trial.value == pytest.approx(statistics.fmean(folds))
+        assert metrics["val/best_objective"] == pytest.approx(trial.value)
+        assert metrics["val/fold_std"] == pytest.approx(statistics.stdev(folds))
+        assert trial.user_attrs["fold_objectives"] == pytest.approx(folds)
+        assert "val/y1_positive/auc" in metrics  # the fold-mean of the usual val metrics
+        epochs = [e[2] for e in events if e[0] == trial.number and e[1] == "epoch"]
+        assert epochs == [1, 2]
+
+
+def test_population_and_cv_folds_are_validated(tiny_synthetic):
+    from mtl_core.errors import ConfigError
+
+    assert tiny_synthetic().search.population == 1 and tiny_synthetic().search.cv_folds == 1
+    with pytest.raises(ConfigError, match=r"search\.population"):
+        tiny_synthetic("search.population=0")
+    with pytest.raises(ConfigError, match=r"search\.cv_folds"):
+        tiny_synthetic("search.cv_folds=0")
