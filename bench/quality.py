@@ -439,38 +439,51 @@ def choices_table(report: Report, collected: dict) -> None:
     )
 
 
-def targets(report: Report, collected: dict) -> None:
-    """The issue's quality targets, measured."""
-    lines = []
+def target_rows(collected: dict) -> list[list[str]]:
+    """The issue's quality targets as ``[measure, measured, target, verdict]`` rows."""
+    rows = []
     adult = collected.get("adult")
     if adult:
         full = adult["runs"][FULL]
         for task, target in ADULT_TARGETS.items():
             m, s = mean_std([r["metrics"].get(f"test/{task}/auc", float("nan")) for r in full])
-            verdict = "met" if m >= target else "missed"
-            lines.append(
-                f"- Adult, full search, {task} test AUC {m:.4f} ± {s:.4f} (target ≥ {target}): "
-                f"**{verdict}**"
+            rows.append(
+                [
+                    f"Adult, full search: {task} test AUC",
+                    f"{m:.4f} ± {s:.4f}",
+                    f"≥ {target}",
+                    "met" if m >= target else "missed",
+                ]
             )
         m, s = mean_std([r["delta_m_matched"] for r in full])
-        lines.append(
-            f"- Adult, full search, Δm against same-choice single-task networks {m:+.2f}% ± "
-            f"{s:.2f} (target ≥ 0): **{'met' if m >= 0 else 'missed'}**"
+        rows.append(
+            [
+                "Adult, full search: Δm vs same-choice single-task networks",
+                f"{m:+.2f}% ± {s:.2f}",
+                "≥ 0",
+                "met" if m >= 0 else "missed",
+            ]
         )
     syn = collected.get("synthetic p=0.5")
     mmoe, sb = arch_label("mmoe"), arch_label("shared_bottom")
     if syn and mmoe in syn["runs"] and sb in syn["runs"]:
-        a = [r["delta_m"] for r in syn["runs"][mmoe]]
-        b = [r["delta_m"] for r in syn["runs"][sb]]
-        (ma, sa), (mb, sb_) = mean_std(a), mean_std(b)
-        beyond = ma - mb > max(sa, sb_)
-        lines.append(
-            f"- Synthetic p = 0.5, Δm of MMoE {ma:+.2f}% ± {sa:.2f} against shared-bottom "
-            f"{mb:+.2f}% ± {sb_:.2f} (target: MMoE above, beyond seed noise): "
-            f"**{'met' if beyond else 'missed'}**"
+        ma, sa = mean_std([r["delta_m"] for r in syn["runs"][mmoe]])
+        mb, sb_ = mean_std([r["delta_m"] for r in syn["runs"][sb]])
+        rows.append(
+            [
+                "synthetic p = 0.5: Δm of MMoE above shared-bottom's",
+                f"{ma:+.2f}% ± {sa:.2f} vs {mb:+.2f}% ± {sb_:.2f}",
+                "above, beyond 1 std",
+                "met" if ma - mb > max(sa, sb_) else "missed",
+            ]
         )
-    if lines:
-        report.add("**Targets**\n\n" + "\n".join(lines))
+    for name, entry in collected.items():
+        m, s = mean_std([r["delta_m"] for r in entry["runs"][FULL]])
+        verdict = "tie (within 1 std)" if abs(m) <= s else ("met" if m > 0 else "missed")
+        rows.append(
+            [f"full search Δm vs single-task: {name}", f"{m:+.2f}% ± {s:.2f}", "> 0", verdict]
+        )
+    return rows
 
 
 def synthetic_plot(report: Report, collected: dict) -> None:
@@ -548,10 +561,13 @@ def main() -> None:
         dataset_table(report, name, entry)
     summary_table(report, collected)
     choices_table(report, collected)
-    targets(report, collected)
+    targets = target_rows(collected)
+    if targets:
+        report.table(["measure", "measured", "target", ""], targets, "Targets")
     synthetic_plot(report, collected)
     report.results = {
         "settings": {k: st[k] for k in ("seeds", "budget", "full_budget", "grid")},
+        "targets": targets,
         "datasets": {
             name: {method: recs for method, recs in entry["runs"].items()}
             for name, entry in collected.items()
