@@ -204,9 +204,6 @@ def search_worker(
         if log_error := trial.user_attrs.get("log_error"):
             unreachable.append(log_error)
             print(f"trial {trial.number} could not be recorded in MLflow ({log_error})")
-        if unreachable:
-            # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
-            study.stop()
 
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
     ran = search.run_worker(
@@ -219,6 +216,8 @@ def search_worker(
         trial_logger,
         progress,
         torch_threads,
+        # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
+        should_stop=lambda: bool(unreachable),
     )
     if unreachable:
         raise MTLError(f"search stopped: the tracking server did not answer ({unreachable[0]})")
