@@ -31,6 +31,26 @@ class _QuietExpectedErrors(logging.Filter):
         return True
 
 
+def _start_local_api() -> None:
+    """Start the temporary Prefect API now, one process at a time per state folder.
+
+    Two runs starting at once on a fresh state folder would otherwise both create
+    Prefect's database. Nothing happens when a Prefect server is configured.
+    """
+    from filelock import FileLock
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from mtl_core.config import state_dir
+
+    if PREFECT_API_URL.value():
+        return
+    (state_dir() / "locks").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(state_dir() / "locks" / "prefect-api.lock"))
+    with lock, get_client(sync_client=True) as client:  # starts it; it stops when we exit
+        client.api_healthcheck()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
     from flows.params import PipelineParams
@@ -47,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet = _QuietExpectedErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
         logging.getLogger(name).addFilter(quiet)
+    _start_local_api()
     result = mtl_pipeline(params)
     print()
     print(f"promotion:      {result['promotion']}")

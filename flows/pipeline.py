@@ -4,6 +4,11 @@ Each task wraps one ``mtl_core`` call; the flow reads like a table of
 contents. MLflow receives one parent run per flow run and one child run per
 trial; the final model is registered and promoted to ``champion`` only when
 it beats the current one on the test objective.
+
+Runs of one experiment may overlap: trials are claimed and versions promoted
+under locks (:mod:`flows.locks`). Each run first closes what dead processes
+left of its experiment (MLflow runs, Optuna trials, unpromoted versions, Prefect
+flow runs).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
+from flows import debris
+from flows.locks import Locks
 from flows.params import PipelineParams
 from mtl_core.baselines import BaselineResult, single_task_baselines
 from mtl_core.config import (
@@ -132,6 +139,34 @@ def _run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+@task(name="close-debris", cache_policy=NO_CACHE, **SERVER_RETRIES)
+def close_debris(cfg: ExperimentConfig) -> dict[str, int]:
+    """Close what dead processes left of this experiment; prints how much there was.
+
+    MLflow runs left RUNNING become FAILED with a reason, versions registered but
+    never promoted are tagged ``orphaned``, trials left RUNNING fail with a reason
+    (and stop counting toward ``n_trials``), and flow runs left RUNNING are CRASHED.
+    Only what belonged to a process that is dead on this host is touched.
+    """
+    client = tracking.get_client()
+    runs = tracking.close_dead_runs(client, cfg.tracking.experiment)
+    versions = tracking.mark_orphan_versions(client, cfg.tracking.registered_model)
+    study = search.open_study(cfg, search.resolve_storage(cfg.search))
+    found = {
+        "parent run": sum(tracking.PARENT_TAG not in r.data.tags for r in runs),
+        "trial run": sum(tracking.PARENT_TAG in r.data.tags for r in runs),
+        "trial": len(search.close_stale_trials(study)),
+        "model version": len(versions),
+        "flow run": debris.crash_dead_flow_runs("mtl-pipeline"),
+    }
+    if any(found.values()):
+        print(
+            "closed what dead processes left: "
+            + ", ".join(f"{n} {what}{'s' * (n != 1)}" for what, n in found.items() if n)
+        )
+    return found
+
+
 @task(name="start-parent-run", cache_policy=NO_CACHE, **SERVER_RETRIES)
 def start_parent_run(cfg: ExperimentConfig, data: PreparedData, config_file: str) -> ParentRun:
     """Open the MLflow parent run: tags, flattened config, dataset input."""
@@ -171,9 +206,14 @@ def search_worker(
     storage_url: str,
     n_trials: int,
     parent: ParentRun,
+    locks: Locks,
     torch_threads: int | None = None,
 ) -> int:
-    """Run this worker's share of trials; each trial is a child run of ``parent``."""
+    """Run this worker's share of trials; each trial is a child run of ``parent``.
+
+    Trials are claimed under the study's lock, so that ``n_trials`` holds across
+    every process searching the study.
+    """
     client = tracking.get_client()
     base = {k: v for k, v in flat_params(cfg).items() if not k.startswith("tasks.")}
 
@@ -205,6 +245,8 @@ def search_worker(
             unreachable.append(log_error)
             print(f"trial {trial.number} could not be recorded in MLflow ({log_error})")
 
+    # The study's lock key: its name and a hash of its storage (no password in a file name).
+    key = f"{search.study_name(cfg)}-{hashlib.sha256(storage_url.encode()).hexdigest()[:12]}"
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
     ran = search.run_worker(
         cfg,
@@ -216,6 +258,7 @@ def search_worker(
         trial_logger,
         progress,
         torch_threads,
+        claim=lambda: locks.hold("trials", key),
         # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
         should_stop=lambda: bool(unreachable),
     )
@@ -285,9 +328,17 @@ def log_results(
 
 @task(name="register-model", cache_policy=NO_CACHE, **SERVER_RETRIES)
 def register_model(
-    parent: ParentRun, final: FinalModel, data: PreparedData, test_objective: float
+    parent: ParentRun,
+    final: FinalModel,
+    data: PreparedData,
+    test_objective: float,
+    locks: Locks,
 ) -> tracking.Promotion:
-    """Log the pyfunc model, register a version, and move ``champion`` only if it is better."""
+    """Log the pyfunc model, register a version, and move ``champion`` only if it is better.
+
+    The promotion holds the model's lock: two runs finishing together must not both
+    read the old champion and both move the alias.
+    """
     client = tracking.get_client()
     name = final.cfg.tracking.registered_model
     example = data.splits["test"].rows.head(5)
@@ -298,7 +349,8 @@ def register_model(
         name,
         tags={tracking.SCORE_TAG: repr(test_objective), "dataset.fingerprint": data.fingerprint},
     )
-    decision = tracking.promote(client, name, version, test_objective)
+    with locks.hold("promote", name):
+        decision = tracking.promote(client, name, version, test_objective)
     tracking.set_tags(
         client,
         parent.run_id,
@@ -385,7 +437,9 @@ def _use_api(api_url: str) -> None:
     os.environ["PREFECT_API_URL"] = api_url
 
 
-def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna.Study:
+def tune(
+    cfg: ExperimentConfig, data: PreparedData, parent: ParentRun, locks: Locks
+) -> optuna.Study:
     """Run the search until the study holds ``n_trials`` finished trials; returns the study."""
     storage_url = search.resolve_storage(cfg.search)
     study = search.open_study(cfg, storage_url)  # created once, before any worker starts
@@ -398,7 +452,7 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna
         f"on {len(shares)} worker(s)"
     )
     if len(shares) == 1:
-        search_worker(cfg, data, storage_url, shares[0], parent)
+        search_worker(cfg, data, storage_url, shares[0], parent, locks)
     elif shares:
         threads = max(1, (os.cpu_count() or 1) // len(shares))
         # Worker processes must report to this flow's API, also the ephemeral one,
@@ -417,6 +471,7 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna
                         "storage_url": storage_url,
                         "n_trials": n,
                         "parent": parent,
+                        "locks": locks,
                         "torch_threads": threads,
                     },
                 )
@@ -435,11 +490,14 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
         params: The config to run and what this run changes in it (search size,
             workers, epochs, seed, device, overrides); empty fields keep the config's.
     """
+    debris.label_flow_run()  # first: a later run can then tell whether this process died
+    locks = Locks.for_this_run()
     cfg, config_file = load_experiment(params)
+    close_debris(cfg)
     data = prepare_data(cfg.data, cfg.features)
     parent = start_parent_run(cfg, data, config_file)
     try:
-        study = tune(cfg, data, parent)
+        study = tune(cfg, data, parent, locks)
         best = search.best_trial(study)
         best_cfg = search.apply_params(cfg, best.user_attrs["params"])
         best_data = data.with_features(best_cfg.features)  # the best trial's representation
@@ -447,7 +505,7 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
         metrics = evaluate_final(final, best_data)
         baselines = run_baselines(best_cfg, best_data) if cfg.baselines else None
         metrics = log_results(parent, final, best_data, metrics, baselines, study, best.number)
-        decision = register_model(parent, final, best_data, metrics["test/objective"])
+        decision = register_model(parent, final, best_data, metrics["test/objective"], locks)
         publish_artifacts(
             parent, cfg, metrics, best.number, best.value, decision, search.top_trials(study)
         )
