@@ -2,16 +2,21 @@
 
 Bad input (a config error, a missing file, a model URI that does not exist)
 prints one line ``mtl: error: ...`` and exits with status 2, without a traceback.
+SIGTERM or Ctrl-C stop ``mtl run`` with everything it started (the temporary
+Prefect API, search workers) and exit with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import flows  # noqa: F401  (embedded defaults first)
+from flows import shutdown
 from mtl_core.errors import MTLError
 
 EXIT_USAGE = 2
@@ -53,6 +58,11 @@ def _start_local_api() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
+    shutdown.raise_on_sigterm()
+    # Registered before Prefect is imported, so it runs last at exit, after Prefect has
+    # flushed its logs and stopped its temporary API: a child process still alive then
+    # (a server whose stop was cut short, search workers) was started by this command.
+    atexit.register(shutdown.stop_children)
     from flows.params import PipelineParams
     from mtl_core.config import load_config
     from mtl_core.data import load_frame
@@ -62,13 +72,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(params.config, params.config_overrides())
     load_frame(cfg.data)  # a missing or unreadable file fails here, before any run exists
 
+    from prefect.exceptions import TerminationSignal
+
     from flows.pipeline import mtl_pipeline
 
     quiet = _QuietExpectedErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
         logging.getLogger(name).addFilter(quiet)
     _start_local_api()
-    result = mtl_pipeline(params)
+    try:
+        result = mtl_pipeline(params)
+    except TerminationSignal as exc:  # Prefect's own, should it not re-send the signal
+        raise shutdown.Terminated(exc.signal) from exc
     print()
     print(f"promotion:      {result['promotion']}")
     print(f"delta_m (test): {result['delta_m']:+.2f}%" if result["delta_m"] is not None else "")
@@ -240,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     except MTLError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        print("mtl: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except shutdown.Terminated as exc:
+        print(f"mtl: {exc}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

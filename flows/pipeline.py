@@ -8,7 +8,8 @@ it beats the current one on the test objective.
 Runs of one experiment may overlap: trials are claimed and versions promoted
 under locks (:mod:`flows.locks`). Each run first closes what dead processes
 left of its experiment (MLflow runs, Optuna trials, unpromoted versions, Prefect
-flow runs).
+flow runs), and a stopped run (SIGTERM, Ctrl-C) marks its MLflow run KILLED and
+stops its workers (:mod:`flows.shutdown`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
-from flows import debris
+from flows import debris, shutdown
 from flows.locks import Locks
 from flows.params import PipelineParams
 from mtl_core.baselines import BaselineResult, single_task_baselines
@@ -421,20 +423,22 @@ def publish_artifacts(
     create_link_artifact(link=parent.url, link_text="MLflow parent run", key="mlflow-run")
 
 
+# What stopping a run raises: Ctrl-C, SIGTERM during a flow run, and SIGTERM around it.
+STOPPED = (KeyboardInterrupt, TerminationSignal, shutdown.Terminated)
+
+
 # One retry only: when the tracking server is what failed, the run should end promptly.
 @task(name="mark-parent-failed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def mark_failed(parent: ParentRun, error: BaseException) -> None:
-    """Mark the parent run FAILED (never FINISHED) with the error as a tag."""
+    """Mark the parent run FAILED, or KILLED when the run was stopped, with the error as a tag."""
     client = tracking.get_client()
-    tracking.set_tags(client, parent.run_id, {"error": f"{type(error).__name__}: {error}"})
-    tracking.end_run(client, parent.run_id, "FAILED")
+    stopped = isinstance(error, STOPPED)
+    message = search.interruption(error) if stopped else f"{type(error).__name__}: {error}"
+    tracking.set_tags(client, parent.run_id, {"error": message})
+    tracking.end_run(client, parent.run_id, "KILLED" if stopped else "FAILED")
 
 
 # --------------------------------------------------------------------------- the flow
-
-
-def _use_api(api_url: str) -> None:
-    os.environ["PREFECT_API_URL"] = api_url
 
 
 def tune(
@@ -455,11 +459,11 @@ def tune(
         search_worker(cfg, data, storage_url, shares[0], parent, locks)
     elif shares:
         threads = max(1, (os.cpu_count() or 1) // len(shares))
-        # Worker processes must report to this flow's API, also the ephemeral one,
-        # rather than each starting a temporary server of their own.
+        # Worker processes report to this flow's API (also the ephemeral one) and stop
+        # cleanly on SIGTERM or when this process dies (see flows.shutdown).
         api_url = str(get_run_context().client.api_url)
         runner = ProcessPoolTaskRunner(
-            max_workers=len(shares), initializer=_use_api, initargs=(api_url,)
+            max_workers=len(shares), initializer=shutdown.init_pool_worker, initargs=(api_url,)
         )
         with runner:
             futures = [
@@ -477,8 +481,14 @@ def tune(
                 )
                 for n in shares
             ]
-            for fut in futures:
-                fut.result()
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:
+                # Leaving the runner waits for running tasks: stop the workers first, so that
+                # a stopped run does not search on (they close their running trials).
+                shutdown.stop_pool_workers()
+                raise
     return search.open_study(cfg, storage_url)
 
 
