@@ -4,9 +4,10 @@ A run, a trial or a flow run records its owner when it starts: the host, the
 process id and the process's start time. A later process on the same host can
 then tell a dead owner (no such process, a zombie, or the pid now belongs to a
 process started later) from a live one, and close what the dead one left
-RUNNING. On another host it cannot tell; :meth:`Owner.alive` says so with
-``None`` and the caller leaves the record alone (Optuna's RDB heartbeat covers
-trials across hosts).
+RUNNING. On another host, or in another PID namespace of the same host (a
+container), it cannot tell; :meth:`Owner.alive` says so with ``None`` and the
+caller leaves the record alone (Optuna's RDB heartbeat covers trials across
+hosts).
 
 The start time makes a reused pid harmless. It is read from ``/proc`` (the
 kernel's boot id and the process's start tick), so it exists on Linux only;
@@ -42,6 +43,13 @@ def _stat(pid: int) -> tuple[str, str] | None:
     return fields[0], fields[19]  # fields 3 (state) and 22 (starttime) of proc(5)
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink(_PROC / "self/ns/pid")  # e.g. "pid:[4026531836]"
+    except OSError:
+        return None
+
+
 def _start_token(pid: int) -> str | None:
     boot, stat = _boot_id(), _stat(pid)
     return f"{boot}/{stat[1]}" if boot and stat else None
@@ -49,11 +57,12 @@ def _start_token(pid: int) -> str | None:
 
 @dataclass(frozen=True)
 class Owner:
-    """A process that owns a run or a trial: host, pid and start time (Linux only)."""
+    """A process that owns a run or a trial: host, pid, and (Linux) start time and PID namespace."""
 
     host: str
     pid: int
     started: str | None = None
+    namespace: str | None = None
 
     @classmethod
     def current(cls) -> Owner:
@@ -65,6 +74,8 @@ class Owner:
         out = {"host": self.host, "pid": str(self.pid)}
         if self.started:
             out["started"] = self.started
+        if self.namespace:
+            out["namespace"] = self.namespace
         return out
 
     @classmethod
@@ -76,11 +87,15 @@ class Owner:
             pid = int(fields["pid"])
         except (TypeError, ValueError):
             return None
-        return cls(str(fields["host"]), pid, fields.get("started") or None)
+        return cls(
+            str(fields["host"]), pid, fields.get("started") or None, fields.get("namespace") or None
+        )
 
     def alive(self) -> bool | None:
-        """Whether the owner still runs; None when it ran on another host."""
+        """Whether the owner still runs; None when it ran on another host or PID namespace."""
         if self.host != socket.gethostname():
+            return None
+        if self.namespace and self.namespace != _pid_namespace():
             return None
         try:
             os.kill(self.pid, 0)
@@ -102,10 +117,4 @@ class Owner:
 
 @functools.cache
 def _current(pid: int) -> Owner:
-    return Owner(socket.gethostname(), pid, _start_token(pid))
-
-
-def dead(fields: dict[str, str] | None) -> Owner | None:
-    """The recorded owner when it is known to be dead on this host; None otherwise."""
-    owner = Owner.from_dict(fields)
-    return owner if owner is not None and owner.alive() is False else None
+    return Owner(socket.gethostname(), pid, _start_token(pid), _pid_namespace())
