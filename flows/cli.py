@@ -3,16 +3,21 @@
 Bad input (a config error, a missing file, a model URI that does not exist)
 prints one line ``mtl: error: ...`` and exits with status 2, without a traceback.
 ``mtl score --fail-on-drift`` exits with status 3 when the batch drifted.
+SIGTERM or Ctrl-C stop ``mtl run`` with everything it started (the temporary
+Prefect API, search workers) and exit with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import flows  # noqa: F401  (embedded defaults first)
+from flows import shutdown
 from mtl_core.errors import MTLError
 
 EXIT_USAGE = 2
@@ -33,8 +38,33 @@ class _QuietExpectedErrors(logging.Filter):
         return True
 
 
+def _start_local_api() -> None:
+    """Start the temporary Prefect API now, one process at a time per state folder.
+
+    Two runs starting at once on a fresh state folder would otherwise both create
+    Prefect's database. Nothing happens when a Prefect server is configured.
+    """
+    from filelock import FileLock
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from mtl_core.config import state_dir
+
+    if PREFECT_API_URL.value():
+        return
+    (state_dir() / "locks").mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(state_dir() / "locks" / "prefect-api.lock"))
+    with lock, get_client(sync_client=True) as client:  # starts it; it stops when we exit
+        client.api_healthcheck()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
+    shutdown.raise_on_sigterm()
+    # Registered before Prefect is imported, so it runs last at exit, after Prefect has
+    # flushed its logs and stopped its temporary API: a child process still alive then
+    # (a server whose stop was cut short, search workers) was started by this command.
+    atexit.register(shutdown.stop_children)
     from flows.params import PipelineParams
     from mtl_core.config import load_config
     from mtl_core.data import load_frame
@@ -44,12 +74,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(params.config, params.config_overrides())
     load_frame(cfg.data)  # a missing or unreadable file fails here, before any run exists
 
+    from prefect.exceptions import TerminationSignal
+
     from flows.pipeline import mtl_pipeline
 
     quiet = _QuietExpectedErrors()
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
         logging.getLogger(name).addFilter(quiet)
-    result = mtl_pipeline(params)
+    _start_local_api()
+    try:
+        result = mtl_pipeline(params)
+    except TerminationSignal as exc:  # Prefect's own, should it not re-send the signal
+        raise shutdown.Terminated(exc.signal) from exc
     print()
     print(f"promotion:      {result['promotion']}")
     print(f"delta_m (test): {result['delta_m']:+.2f}%" if result["delta_m"] is not None else "")
@@ -357,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     except MTLError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        print("mtl: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except shutdown.Terminated as exc:
+        print(f"mtl: {exc}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

@@ -4,10 +4,17 @@ Each task wraps one ``mtl_core`` call; the flow reads like a table of
 contents. MLflow receives one parent run per flow run and one child run per
 trial; the final model is registered and promoted to ``champion`` only when
 it beats the current one on the test objective.
+
+Runs of one experiment may overlap: trials are claimed and versions promoted
+under locks (:mod:`flows.locks`). Each run first closes what dead processes
+left of its experiment (MLflow runs, Optuna trials, unpromoted versions, Prefect
+flow runs), and a stopped run (SIGTERM, Ctrl-C) marks its MLflow run KILLED and
+stops its workers (:mod:`flows.shutdown`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -27,10 +34,13 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
+from flows import debris, shutdown
+from flows.locks import Locks
 from flows.params import PipelineParams
 from mtl_core.baselines import BaselineResult, single_task_baselines
 from mtl_core.card import card_facts, model_card
@@ -133,6 +143,34 @@ def _run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+@task(name="close-debris", cache_policy=NO_CACHE, **SERVER_RETRIES)
+def close_debris(cfg: ExperimentConfig) -> dict[str, int]:
+    """Close what dead processes left of this experiment; prints how much there was.
+
+    MLflow runs left RUNNING become FAILED with a reason, versions registered but
+    never promoted are tagged ``orphaned``, trials left RUNNING fail with a reason
+    (and stop counting toward ``n_trials``), and flow runs left RUNNING are CRASHED.
+    Only what belonged to a process that is dead on this host is touched.
+    """
+    client = tracking.get_client()
+    runs = tracking.close_dead_runs(client, cfg.tracking.experiment)
+    versions = tracking.mark_orphan_versions(client, cfg.tracking.registered_model)
+    study = search.open_study(cfg, search.resolve_storage(cfg.search))
+    found = {
+        "parent run": sum(tracking.PARENT_TAG not in r.data.tags for r in runs),
+        "trial run": sum(tracking.PARENT_TAG in r.data.tags for r in runs),
+        "trial": len(search.close_stale_trials(study)),
+        "model version": len(versions),
+        "flow run": debris.crash_dead_flow_runs("mtl-pipeline"),
+    }
+    if any(found.values()):
+        print(
+            "closed what dead processes left: "
+            + ", ".join(f"{n} {what}{'s' * (n != 1)}" for what, n in found.items() if n)
+        )
+    return found
+
+
 @task(name="start-parent-run", cache_policy=NO_CACHE, **SERVER_RETRIES)
 def start_parent_run(cfg: ExperimentConfig, data: PreparedData, config_file: str) -> ParentRun:
     """Open the MLflow parent run: tags, flattened config, dataset input."""
@@ -172,9 +210,14 @@ def search_worker(
     storage_url: str,
     n_trials: int,
     parent: ParentRun,
+    locks: Locks,
     torch_threads: int | None = None,
 ) -> int:
-    """Run this worker's share of trials; each trial is a child run of ``parent``."""
+    """Run this worker's share of trials; each trial is a child run of ``parent``.
+
+    Trials are claimed under the study's lock, so that ``n_trials`` holds across
+    every process searching the study.
+    """
     client = tracking.get_client()
     base = {k: v for k, v in flat_params(cfg).items() if not k.startswith("tasks.")}
 
@@ -205,10 +248,9 @@ def search_worker(
         if log_error := trial.user_attrs.get("log_error"):
             unreachable.append(log_error)
             print(f"trial {trial.number} could not be recorded in MLflow ({log_error})")
-        if unreachable:
-            # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
-            study.stop()
 
+    # The study's lock key: its name and a hash of its storage (no password in a file name).
+    key = f"{search.study_name(cfg)}-{hashlib.sha256(storage_url.encode()).hexdigest()[:12]}"
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
     ran = search.run_worker(
         cfg,
@@ -220,6 +262,9 @@ def search_worker(
         trial_logger,
         progress,
         torch_threads,
+        claim=lambda: locks.hold("trials", key),
+        # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
+        should_stop=lambda: bool(unreachable),
     )
     if unreachable:
         raise MTLError(f"search stopped: the tracking server did not answer ({unreachable[0]})")
@@ -293,8 +338,13 @@ def register_model(
     test_objective: float,
     metrics: dict[str, float] | None = None,
     best_number: int | None = None,
+    locks: Locks | None = None,
 ) -> tracking.Promotion:
-    """Log the model (with its card and drift profile), register it, promote it if better."""
+    """Log the model (with its card and drift profile), register it, promote it if better.
+
+    The promotion holds the model's lock: two runs finishing together must not both
+    read the old champion and both move the alias.
+    """
     client = tracking.get_client()
     name = final.cfg.tracking.registered_model
     facts = card_facts(final.cfg, data, metrics or {}, parent.run_id, parent.url, best_number)
@@ -312,7 +362,8 @@ def register_model(
             metrics={k: v for k, v in (metrics or {}).items() if k.startswith(("test/", "val/"))},
             params=facts.best_params,
         )
-    decision = tracking.promote(client, name, version, test_objective)
+    with locks.hold("promote", name) if locks else contextlib.nullcontext():
+        decision = tracking.promote(client, name, version, test_objective)
     tracking.set_tags(
         client,
         parent.run_id,
@@ -383,23 +434,27 @@ def publish_artifacts(
     create_link_artifact(link=parent.url, link_text="MLflow parent run", key="mlflow-run")
 
 
+# What stopping a run raises: Ctrl-C, SIGTERM during a flow run, and SIGTERM around it.
+STOPPED = (KeyboardInterrupt, TerminationSignal, shutdown.Terminated)
+
+
 # One retry only: when the tracking server is what failed, the run should end promptly.
 @task(name="mark-parent-failed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def mark_failed(parent: ParentRun, error: BaseException) -> None:
-    """Mark the parent run FAILED (never FINISHED) with the error as a tag."""
+    """Mark the parent run FAILED, or KILLED when the run was stopped, with the error as a tag."""
     client = tracking.get_client()
-    tracking.set_tags(client, parent.run_id, {"error": f"{type(error).__name__}: {error}"})
-    tracking.end_run(client, parent.run_id, "FAILED")
+    stopped = isinstance(error, STOPPED)
+    message = search.interruption(error) if stopped else f"{type(error).__name__}: {error}"
+    tracking.set_tags(client, parent.run_id, {"error": message})
+    tracking.end_run(client, parent.run_id, "KILLED" if stopped else "FAILED")
 
 
 # --------------------------------------------------------------------------- the flow
 
 
-def _use_api(api_url: str) -> None:
-    os.environ["PREFECT_API_URL"] = api_url
-
-
-def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna.Study:
+def tune(
+    cfg: ExperimentConfig, data: PreparedData, parent: ParentRun, locks: Locks
+) -> optuna.Study:
     """Run the search until the study holds ``n_trials`` finished trials; returns the study."""
     storage_url = search.resolve_storage(cfg.search)
     study = search.open_study(cfg, storage_url)  # created once, before any worker starts
@@ -415,14 +470,14 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna
         f"on {len(shares)} worker(s){batches}"
     )
     if len(shares) == 1:
-        search_worker(cfg, data, storage_url, shares[0], parent)
+        search_worker(cfg, data, storage_url, shares[0], parent, locks)
     elif shares:
         threads = max(1, (os.cpu_count() or 1) // len(shares))
-        # Worker processes must report to this flow's API, also the ephemeral one,
-        # rather than each starting a temporary server of their own.
+        # Worker processes report to this flow's API (also the ephemeral one) and stop
+        # cleanly on SIGTERM or when this process dies (see flows.shutdown).
         api_url = str(get_run_context().client.api_url)
         runner = ProcessPoolTaskRunner(
-            max_workers=len(shares), initializer=_use_api, initargs=(api_url,)
+            max_workers=len(shares), initializer=shutdown.init_pool_worker, initargs=(api_url,)
         )
         with runner:
             futures = [
@@ -434,13 +489,20 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna
                         "storage_url": storage_url,
                         "n_trials": n,
                         "parent": parent,
+                        "locks": locks,
                         "torch_threads": threads,
                     },
                 )
                 for n in shares
             ]
-            for fut in futures:
-                fut.result()
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:
+                # Leaving the runner waits for running tasks: stop the workers first, so that
+                # a stopped run does not search on (they close their running trials).
+                shutdown.stop_pool_workers()
+                raise
     return search.open_study(cfg, storage_url)
 
 
@@ -452,11 +514,14 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
         params: The config to run and what this run changes in it (search size,
             workers, epochs, seed, device, overrides); empty fields keep the config's.
     """
+    debris.label_flow_run()  # first: a later run can then tell whether this process died
+    locks = Locks.for_this_run()
     cfg, config_file = load_experiment(params)
+    close_debris(cfg)
     data = prepare_data(cfg.data, cfg.features)
     parent = start_parent_run(cfg, data, config_file)
     try:
-        study = tune(cfg, data, parent)
+        study = tune(cfg, data, parent, locks)
         best = search.best_trial(study)
         best_cfg = search.apply_params(cfg, best.user_attrs["params"])
         best_data = data.with_features(best_cfg.features)  # the best trial's representation
@@ -465,7 +530,7 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
         baselines = run_baselines(best_cfg, best_data) if cfg.baselines else None
         metrics = log_results(parent, final, best_data, metrics, baselines, study, best.number)
         decision = register_model(
-            parent, final, best_data, metrics["test/objective"], metrics, best.number
+            parent, final, best_data, metrics["test/objective"], metrics, best.number, locks
         )
         publish_artifacts(
             parent, cfg, metrics, best.number, best.value, decision, search.top_trials(study)

@@ -12,6 +12,13 @@ A trial that diverges or raises is recorded as failed with its reason and the
 study goes on. Studies live in persistent storage and are opened with
 load-if-exists, so running the same experiment again resumes it.
 
+Several processes may search one stored study at once (workers of one run,
+or two runs of one experiment). ``n_trials`` holds across them: a worker
+claims its next trial only while the study holds fewer finished or running
+trials than that, under a lock the caller provides. Each trial records its
+owner (host, pid, start time), so a trial whose process died is found and
+closed as failed, with the reason, and does not count toward ``n_trials``.
+
 Logging is injected: ``run_worker`` takes a factory of :class:`TrialLogger`,
 which the pipeline implements with MLflow, so this module stays server-free.
 
@@ -22,7 +29,8 @@ together with :func:`mtl_core.population.train_population` (a trial with k folds
 is k members), reports each trial's per-epoch value to its trial and prunes it
 there, and tells each trial its outcome. TPE's ``constant_liar`` keeps the trials
 of a batch apart. A trial's value under cross-validation is the mean over its
-folds of the best validation objective.
+folds of the best validation objective. Batches claim their trials, record their
+owner and close stale trials exactly as single trials do.
 """
 
 from __future__ import annotations
@@ -31,30 +39,45 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import statistics
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import optuna
 import torch
+from filelock import FileLock
 
 from mtl_core.config import ExperimentConfig, SearchConfig, state_dir
 from mtl_core.data import PreparedData
 from mtl_core.errors import ConfigError, MTLError, SearchError
 from mtl_core.metrics import evaluate
+from mtl_core.owner import Owner
 from mtl_core.population import EpochEvent, Member, MemberResult, train_population
 from mtl_core.train import EpochLog, train_from_config
 
-FINISHED = (
-    optuna.trial.TrialState.COMPLETE,
-    optuna.trial.TrialState.PRUNED,
-    optuna.trial.TrialState.FAIL,
-)
+TrialState = optuna.trial.TrialState
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+# User attrs of a trial: who runs it, why it failed, and (for a trial whose process was
+# stopped or died) why it has no outcome, which keeps it from counting toward n_trials.
+OWNER_ATTR = "owner"
+REASON_ATTR = "fail_reason"
+INTERRUPTED_ATTR = "interrupted"
+# A worker records a trial's owner within milliseconds of creating it; a RUNNING trial without
+# one for this long lost its process before that (or was started by code that records none).
+OWNERLESS_AFTER = timedelta(minutes=2)
+HEARTBEAT_S, GRACE_S = 30, 120
+# SQLite serialises writers; two runs sharing an SQLite study wait for each other this long
+# instead of failing with "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 60
 
 
 class TrialLogger(Protocol):
@@ -64,10 +87,11 @@ class TrialLogger(Protocol):
         """Called after every epoch."""
 
     def finish(self, state: str, metrics: dict[str, float], reason: str | None) -> None:
-        """Called once with ``COMPLETE``, ``PRUNED`` or ``FAILED``."""
+        """Called once with ``COMPLETE``, ``PRUNED``, ``FAILED`` or ``INTERRUPTED``."""
 
 
 TrialLoggerFactory = Callable[[int, dict[str, Any]], TrialLogger]
+Claim = Callable[[], AbstractContextManager]
 
 
 # --------------------------------------------------------------------------- storage
@@ -98,8 +122,10 @@ def resolve_storage(cfg: SearchConfig, n_workers: int | None = None) -> str:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Open a storage URL: a journal file path (``*.log``) or any SQLAlchemy RDB URL.
 
-    RDB storages get a heartbeat, so a trial left RUNNING by a crashed worker is
-    marked failed by the next worker instead of hanging in the study forever.
+    RDB storages get a heartbeat, so that a trial whose worker died on another host is
+    found (:func:`close_stale_trials`). An SQLite file may be shared by the runs of one
+    host: it is created under a file lock, and writers wait for each other (up to
+    :data:`SQLITE_BUSY_TIMEOUT_S`) instead of failing with "database is locked".
     """
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         path = Path(url.removeprefix("journal:"))
@@ -110,13 +136,70 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.journal.JournalStorage(backend)
     if "://" not in url:
         raise ConfigError(f"search.storage '{url}': expected a *.log journal file or an RDB URL")
-    with warnings.catch_warnings():  # the heartbeat is flagged experimental; we rely on it
+    engine, creating = None, contextlib.nullcontext()
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        engine = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        # Two processes creating the tables at once would collide.
+        creating = FileLock(url.removeprefix("sqlite:///") + ".lock")
+    with creating, warnings.catch_warnings():  # the heartbeat is "experimental"; we rely on it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: ``(seed, number)`` mixed by NumPy's SeedSequence."""
+    return int(np.random.SeedSequence([seed % 2**63, number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Samples each trial with a fresh sampler seeded from ``(seed, trial number)``.
+
+    One sampler with one seed per process draws the same sequence in every process,
+    so two runs sharing a study would try the same points. Trial numbers are unique
+    across the processes that share a study, so seeding per trial makes concurrent
+    workers draw different points, while one process searching alone repeats its
+    trials for a given seed: trial k sees the same history and the same seed.
+
+    Args:
+        make: Builds the inner sampler from a seed (TPE and random keep no state
+            between trials besides their random generator).
+        seed: ``search.seed``.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _inner(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._by_trial:
+            self._by_trial[trial.number] = self._make(trial_seed(self._seed, trial.number))
+        return self._by_trial[trial.number]
+
+    def infer_relative_search_space(self, study, trial):  # noqa: D102
+        return self._inner(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: D102
+        return self._inner(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: D102
+        return self._inner(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):  # noqa: D102
+        self._inner(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):  # noqa: D102
+        inner = self._by_trial.pop(trial.number, None)
+        if inner is not None:
+            inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Nothing to reseed: every trial's seed comes from its number."""
 
 
 def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (the default) or random sampler.
+    """TPE (the default) or random sampling, seeded per trial (:class:`TrialSeededSampler`).
 
     TPE is multivariate with ``group=True``, which Optuna recommends for
     conditional spaces (an expert count exists only when an architecture with
@@ -124,16 +207,20 @@ def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
     do not all sample next to the same promising point.
     """
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental"
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=cfg.seed,
-            n_startup_trials=min(10, cfg.n_trials // 2 + 1),
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
+        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), cfg.seed)
+
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():  # multivariate, group and constant_liar: "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=min(10, cfg.n_trials // 2 + 1),
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+            )
+
+    return TrialSeededSampler(tpe, cfg.seed)
 
 
 def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
@@ -162,9 +249,70 @@ def open_study(cfg: ExperimentConfig, storage_url: str) -> optuna.Study:
     )
 
 
+def ran_to_an_outcome(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial completed, was pruned, or failed for a reason it recorded.
+
+    A trial closed because its process was stopped or died (``interrupted``), or
+    failed by Optuna's heartbeat without a reason, has no outcome and does not count.
+    """
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and REASON_ATTR in attrs and INTERRUPTED_ATTR not in attrs
+
+
 def finished_trials(study: optuna.Study) -> int:
-    """Trials that completed, were pruned or failed."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that ran to an outcome: what ``n_trials`` counts."""
+    return sum(ran_to_an_outcome(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _close_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Fail a RUNNING trial with ``reason``, as one without an outcome; False if already closed."""
+    storage = study._storage  # Optuna's own fail_stale_trials works on the storage the same way
+    try:
+        storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, reason)
+        return storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # another process closed it first
+        return False
+
+
+def close_stale_trials(
+    study: optuna.Study, ownerless_after: timedelta = OWNERLESS_AFTER
+) -> list[optuna.trial.FrozenTrial]:
+    """Close RUNNING trials whose process is gone as FAIL, with the reason; returns them.
+
+    A trial is stale when its owner ran on this host and is dead; when its owner
+    ran on another host (or is unknown) and its RDB heartbeat is older than the
+    grace period; or when it recorded no owner for ``ownerless_after``. A live
+    owner on this host is never second-guessed. Closed trials carry
+    ``fail_reason`` and ``interrupted`` and do not count toward ``n_trials``.
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # RDB storages come wrapped in a cache
+    silent: set[int] = set()
+    grace = 0
+    if isinstance(backend, optuna.storages.RDBStorage) and backend.heartbeat_interval:
+        silent = set(backend._get_stale_trial_ids(study._study_id))
+        grace = backend.grace_period or 2 * backend.heartbeat_interval
+    closed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = Owner.from_dict(trial.user_attrs.get(OWNER_ATTR))
+        alive = owner.alive() if owner else None
+        if alive is True:
+            continue
+        if alive is False:
+            reason = f"stale: {owner.describe()} ended without finishing the trial"
+        elif trial._trial_id in silent:
+            who = f" from {owner.describe()}" if owner else ""
+            reason = f"stale: no heartbeat{who} for over {grace} s"
+        elif owner is None and datetime.now() - trial.datetime_start > ownerless_after:
+            reason = f"stale: no owner recorded {ownerless_after.total_seconds():.0f} s after start"
+        else:
+            continue
+        if _close_trial(study, trial, reason):
+            closed.append(storage.get_trial(trial._trial_id))
+    return closed
 
 
 def split_trials(remaining: int, n_workers: int) -> list[int]:
@@ -221,14 +369,6 @@ def suggest(trial: optuna.Trial, cfg: ExperimentConfig) -> dict[str, Any]:
             params[f"features.{key}"] = _choose(
                 trial, key, getattr(space, key), getattr(cfg.features, key)
             )
-    if space.frequency_scale is not None:
-        embedding = params.get("features.numeric_embedding", cfg.features.numeric_embedding)
-        rng = space.frequency_scale
-        params["features.frequency_scale"] = (
-            trial.suggest_float("frequency_scale", rng.low, rng.high, log=rng.log)
-            if embedding == "periodic"
-            else None
-        )
     arch = _choose(trial, "arch", space.arch, cfg.model.arch)
     if space.arch:
         params["model.arch"] = arch
@@ -333,11 +473,19 @@ def make_objective(
     data: PreparedData,
     device: str = "auto",
     logger_factory: TrialLoggerFactory | None = None,
-) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective: train with sampled params, return the best val objective."""
+) -> Callable[..., float]:
+    """The Optuna objective: train with sampled params, return the best val objective.
+
+    The objective takes the trial and an optional ``started(trial)``, called first
+    thing, which :func:`run_worker` uses to stamp the trial's owner and release its claim.
+    """
     represent = _representations(data)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(
+        trial: optuna.Trial, started: Callable[[optuna.Trial], None] | None = None
+    ) -> float:
+        if started is not None:
+            started(trial)
         params = suggest(trial, cfg)
         trial.set_user_attr("params", params)
         logger: TrialLogger | None = None
@@ -376,10 +524,17 @@ def make_objective(
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(REASON_ATTR, reason)
             _close(trial, logger, "FAILED", {}, reason)
             if isinstance(exc, MTLError):
                 return math.nan  # an expected failure: Optuna records FAIL without a traceback
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, or a signal turned into an exception
+            reason = interruption(exc)
+            with contextlib.suppress(Exception):  # the storage may be what is going away
+                trial.set_user_attr(REASON_ATTR, reason)
+                trial.set_user_attr(INTERRUPTED_ATTR, reason)
+            _close(trial, logger, "INTERRUPTED", {}, reason)
             raise
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", result.epochs_run)
@@ -387,6 +542,30 @@ def make_objective(
         return result.best_val_objective
 
     return objective
+
+
+def interruption(exc: BaseException) -> str:
+    """``interrupted by SIGTERM``, or by whatever stopped the process."""
+    signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None
+    signum = signum or getattr(exc, "signal", None) or getattr(exc, "signum", None)
+    try:
+        return f"interrupted by {signal.Signals(signum).name}"
+    except ValueError:
+        return f"interrupted: {type(exc).__name__}"
+
+
+def _claimed(study: optuna.Study) -> int:
+    """Trials that count toward ``n_trials`` or are running (each may still count)."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return sum(t.state == TrialState.RUNNING or ran_to_an_outcome(t) for t in trials)
+
+
+def _close_own_trials(study: optuna.Study, reason: str) -> None:
+    """Close this process's RUNNING trials (it is being stopped) as interrupted."""
+    me = Owner.current().as_dict()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(OWNER_ATTR) == me:
+            _close_trial(study, trial, reason)
 
 
 def run_worker(
@@ -399,13 +578,36 @@ def run_worker(
     logger_factory: TrialLoggerFactory | None = None,
     progress: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     torch_threads: int | None = None,
+    claim: Claim | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> int:
     """Run up to ``n_trials`` trials of the stored study in this process.
 
+    Before each trial the worker closes stale trials (:func:`close_stale_trials`)
+    and claims the trial only while the study holds fewer than
+    ``cfg.search.n_trials`` trials that count or run, so that the study ends with
+    exactly that many trials that ran to an outcome however many processes share
+    it. ``claim`` makes that check and the trial's creation atomic across processes
+    (a file lock, or a Prefect concurrency slot); without it, two processes that
+    check at the same moment may both take the last trial. The trial records its
+    owner and the claim is released as soon as the trial runs.
+
     Failed trials (any exception) are recorded with their reason and do not
-    stop the worker. Several workers may run this against one journal or RDB
-    storage at once. With ``search.population`` or ``search.cv_folds`` above 1
-    the trials run in batches (:func:`run_batches`), otherwise one by one.
+    stop the worker. If the worker is interrupted (KeyboardInterrupt, a signal
+    raised as an exception), its running trial is closed as interrupted.
+
+    Args:
+        cfg: The experiment; ``cfg.search.n_trials`` is the study's total.
+        data: Prepared data.
+        storage_url: Optuna storage (see :func:`open_storage`).
+        n_trials: The most trials this worker runs.
+        timeout_s: Start no trial after this many seconds.
+        device: Torch device.
+        logger_factory: Builds each trial's logger from its number and params.
+        progress: Called after each trial with the study and the finished trial.
+        torch_threads: Torch threads of this process.
+        claim: Returns a context manager held while a trial is claimed.
+        should_stop: Checked after each trial; True stops the worker.
 
     Returns:
         The number of trials this worker ran.
@@ -415,20 +617,52 @@ def run_worker(
     if n_trials <= 0:
         return 0
     study = open_study(cfg, storage_url)
+    claim = claim or contextlib.nullcontext
     if cfg.search.population > 1 or cfg.search.cv_folds > 1:
         callbacks = [progress] if progress else []
-        return run_batches(cfg, data, study, n_trials, timeout_s, device, logger_factory, callbacks)
-    ran = []  # trials of this worker only; others may share the study
+        return run_batches(
+            cfg,
+            data,
+            study,
+            n_trials,
+            timeout_s,
+            device,
+            logger_factory,
+            callbacks,
+            claim,
+            should_stop,
+        )
+    objective = make_objective(cfg, data, device, logger_factory)
+    owner = Owner.current().as_dict()
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    ran: list[int] = []  # trials of this worker only; others may share the study
     callbacks = [lambda study, trial: ran.append(trial.number)]
     if progress:
         callbacks.append(progress)
-    study.optimize(
-        make_objective(cfg, data, device, logger_factory),
-        n_trials=n_trials,
-        timeout=timeout_s,
-        catch=(Exception,),
-        callbacks=callbacks,
-    )
+    try:
+        while len(ran) < n_trials and not (deadline and time.monotonic() >= deadline):
+            with contextlib.ExitStack() as held:
+                held.enter_context(claim())
+                close_stale_trials(study)
+                if _claimed(study) >= cfg.search.n_trials:
+                    break
+
+                def started(trial: optuna.Trial, held=held) -> None:
+                    trial.set_user_attr(OWNER_ATTR, owner)
+                    held.close()  # the trial exists and is owned: the next claim may proceed
+
+                study.optimize(
+                    lambda trial, started=started: objective(trial, started),
+                    n_trials=1,
+                    catch=(Exception,),
+                    callbacks=callbacks,
+                )
+            if should_stop and should_stop():
+                break
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            _close_own_trials(study, interruption(exc))
+        raise
     return len(ran)
 
 
@@ -511,7 +745,7 @@ def _log_epoch(run: _TrialRun, log: EpochLog) -> None:
 
 
 def _fail(study: optuna.Study, run: _TrialRun, reason: str) -> optuna.trial.FrozenTrial:
-    run.trial.set_user_attr("fail_reason", reason)
+    run.trial.set_user_attr(REASON_ATTR, reason)
     _close(run.trial, run.logger, "FAILED", {}, reason)
     run.frozen = study.tell(run.trial, state=optuna.trial.TrialState.FAIL)
     return run.frozen
@@ -601,28 +835,18 @@ def _finish(
     return run.frozen
 
 
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """What ``Study.optimize`` does before each trial: fail trials whose heartbeat stopped.
+def _ask(study: optuna.Study, beats: contextlib.ExitStack, owner: dict) -> optuna.Trial:
+    """A new trial, owned by this process, whose heartbeat runs until ``beats`` closes.
 
-    With an RDB storage, trials that a crashed worker left RUNNING are marked failed
-    by the next worker instead of staying RUNNING forever. (Optuna has no public API
-    for heartbeats outside ``optimize``; ``_heartbeat`` is what ``optimize`` uses.)
+    (Optuna has no public API for heartbeats outside ``optimize``; ``_heartbeat`` is
+    what ``optimize`` uses.)
     """
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    if is_heartbeat_enabled(study._storage):
-        with warnings.catch_warnings():  # flagged experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-
-
-def _ask(study: optuna.Study, beats: contextlib.ExitStack) -> optuna.Trial:
-    """A new trial, whose heartbeat runs until ``beats`` closes."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
     with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": it is, here
         warnings.filterwarnings("ignore", message="Heartbeat")
         trial = study.ask()
+    trial.set_user_attr(OWNER_ATTR, owner)
     beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
     return trial
 
@@ -634,6 +858,7 @@ def run_batch(
     trial_data: Callable[[ExperimentConfig], list[PreparedData]],
     device: str = "auto",
     logger_factory: TrialLoggerFactory | None = None,
+    claim: Claim | None = None,
 ) -> list[optuna.trial.FrozenTrial]:
     """Ask up to ``n`` trials, train them together, tell each its outcome; returns them, told.
 
@@ -642,38 +867,47 @@ def run_batch(
     fails (a tracking server that is down), no further trial is asked for this
     batch, as the sequential search fails one trial and not K. If the batch is
     interrupted (an exception escapes, KeyboardInterrupt included), every trial
-    not yet told is told FAIL with the reason, so none stays RUNNING.
+    not yet told is closed, so none stays RUNNING: as interrupted (not counting
+    toward ``n_trials``) when the process is being stopped, as FAIL otherwise.
+
+    The trials are asked under ``claim``, after closing stale trials, and only as
+    many as keep the study within ``cfg.search.n_trials`` trials that count or run,
+    as :func:`run_worker` does for single trials.
     """
-    _fail_stale_trials(study)
     runs: list[_TrialRun] = []
     live: list[_TrialRun] = []
     members: list[Member] = []
+    owner = Owner.current().as_dict()
     try:
         with contextlib.ExitStack() as beats:
-            while len(runs) < n:
-                run = _TrialRun(_ask(study, beats))
-                runs.append(run)
-                try:
-                    run.params = suggest(run.trial, cfg)
-                    run.trial.set_user_attr("params", run.params)
-                except Exception as exc:
-                    _fail(study, run, f"{type(exc).__name__}: {exc}")
-                    continue
-                if logger_factory is not None:
+            # The claim covers asking the batch: its trials count once they exist and are owned.
+            with (claim or contextlib.nullcontext)():
+                close_stale_trials(study)
+                n = min(n, cfg.search.n_trials - _claimed(study))
+                while len(runs) < n:
+                    run = _TrialRun(_ask(study, beats, owner))
+                    runs.append(run)
                     try:
-                        run.logger = logger_factory(run.trial.number, run.params)
+                        run.params = suggest(run.trial, cfg)
+                        run.trial.set_user_attr("params", run.params)
                     except Exception as exc:
                         _fail(study, run, f"{type(exc).__name__}: {exc}")
-                        break
-                try:
-                    trial_cfg = apply_params(cfg, run.params)
-                    new = [Member(trial_cfg, d) for d in trial_data(trial_cfg)]
-                except Exception as exc:
-                    _fail(study, run, f"{type(exc).__name__}: {exc}")
-                    continue
-                run.members = list(range(len(members), len(members) + len(new)))
-                members += new
-                live.append(run)
+                        continue
+                    if logger_factory is not None:
+                        try:
+                            run.logger = logger_factory(run.trial.number, run.params)
+                        except Exception as exc:
+                            _fail(study, run, f"{type(exc).__name__}: {exc}")
+                            break
+                    try:
+                        trial_cfg = apply_params(cfg, run.params)
+                        new = [Member(trial_cfg, d) for d in trial_data(trial_cfg)]
+                    except Exception as exc:
+                        _fail(study, run, f"{type(exc).__name__}: {exc}")
+                        continue
+                    run.members = list(range(len(members), len(members) + len(new)))
+                    members += new
+                    live.append(run)
             outcomes = train_population(
                 members,
                 device=device,
@@ -690,8 +924,15 @@ def run_batch(
                 )
     except BaseException as exc:
         for run in runs:
-            if run.frozen is None:
-                _fail(study, run, f"interrupted: {type(exc).__name__}: {exc}")
+            if run.frozen is not None:
+                continue
+            if isinstance(exc, Exception):  # a failure of the batch itself: the trials failed
+                _fail(study, run, f"batch failed: {type(exc).__name__}: {exc}")
+            else:  # the process is being stopped: no outcome, so the trials do not count
+                reason = interruption(exc)
+                with contextlib.suppress(Exception):
+                    _close(run.trial, run.logger, "INTERRUPTED", {}, reason)
+                    _close_trial(study, run.trial, reason)
         raise
     return [run.frozen for run in runs]
 
@@ -705,12 +946,15 @@ def run_batches(
     device: str = "auto",
     logger_factory: TrialLoggerFactory | None = None,
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+    claim: Claim | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> int:
     """Run ``n_trials`` trials in batches of ``search.population`` (never more than asked for).
 
     Each callback gets every trial once it is told, as ``Study.optimize``'s do;
-    ``study.stop()`` there ends the search after the batch. No batch starts after
-    ``timeout_s``.
+    ``study.stop()`` there, or ``should_stop()`` returning True, ends the search
+    after the batch. No batch starts after ``timeout_s``. ``claim`` is held while a
+    batch's trials are asked (see :func:`run_batch`).
 
     Returns:
         The number of trials run.
@@ -732,11 +976,15 @@ def run_batches(
         if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
             break
         size = min(cfg.search.population, n_trials - ran)
-        told = run_batch(cfg, study, size, trial_data, device, logger_factory)
+        told = run_batch(cfg, study, size, trial_data, device, logger_factory, claim)
+        if not told:  # the study already holds n_trials trials that count or run
+            break
         ran += len(told)
         for frozen in told:
             for cb in callbacks or []:
                 cb(view, frozen)
+        if should_stop and should_stop():
+            break
     return ran
 
 
@@ -745,7 +993,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        reasons = sorted({t.user_attrs.get("fail_reason", "unknown") for t in failed})
+        reasons = sorted({t.user_attrs.get(REASON_ATTR, "unknown") for t in failed})
         raise SearchError(
             f"study '{study.study_name}': no trial completed ({len(failed)} failed"
             + (f"; reasons: {'; '.join(reasons)[:300]}" if reasons else "")

@@ -6,6 +6,13 @@ trial's per-epoch metrics are buffered and sent when the trial ends.
 
 With nothing configured the store is an SQLite file and an artifact folder in
 the project's state folder; ``MLFLOW_TRACKING_URI`` points it at a server.
+
+Every run is tagged with its owner (host, pid, start time) when it is created, so
+that a later run can close what a dead process left RUNNING
+(:func:`close_dead_runs`). A registered version is ``pending`` until promotion
+tags it ``champion`` or ``challenger``; a version still pending after its run
+ended lost its process between registration and promotion, and
+:func:`mark_orphan_versions` tags it ``orphaned``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import (
     DatasetInput,
@@ -28,15 +36,22 @@ from mlflow.entities import (
     LoggedModelOutput,
     Metric,
     Param,
+    Run,
     RunTag,
 )
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from mtl_core.config import state_dir
+from mtl_core.owner import Owner
 from mtl_core.train import EpochLog
 
 PARENT_TAG = "mlflow.parentRunId"
-STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAILED": "FAILED"}
+# A trial ends COMPLETE, PRUNED, FAILED, or INTERRUPTED (its process was stopped: no outcome).
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAILED": "FAILED", "INTERRUPTED": "KILLED"}
+OWNER_TAG = "mtl.owner."  # + host, pid, started
+CLOSED_TAG = "mtl.closed_reason"
+PROMOTION_TAG = "promotion"  # on a version: pending, champion, challenger or orphaned
 _BATCH = 900  # MLflow accepts at most 1000 metrics and 100 params per log_batch
 
 
@@ -55,7 +70,28 @@ def get_client() -> MlflowClient:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, registry_uri=uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(uri, client)
+    return client
+
+
+_CREATED: set[str] = set()  # SQLite stores this process has created or checked
+
+
+def _create_sqlite_store(uri: str, client: MlflowClient) -> None:
+    """Create or migrate the SQLite store under a file lock, once per process.
+
+    Two processes creating one store at once both run its migrations and leave
+    it broken ("table _alembic_tmp_params already exists"); the lock makes the
+    second wait and find the tables made.
+    """
+    if uri in _CREATED:
+        return
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    _CREATED.add(uri)
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -66,7 +102,13 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     location = None
     if client.tracking_uri.startswith("sqlite:"):
         location = (state_dir() / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # another run created it a moment ago
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise exc from None
+        return exp.experiment_id
 
 
 def start_run(
@@ -76,11 +118,51 @@ def start_run(
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """Create a RUNNING run (a child when ``parent_run_id`` is given); returns its id."""
-    tags = dict(tags or {})
+    """Create a RUNNING run (a child when ``parent_run_id`` is given); returns its id.
+
+    The run is tagged with this process as its owner (``mtl.owner.*``).
+    """
+    tags = {**{OWNER_TAG + k: v for k, v in Owner.current().as_dict().items()}, **(tags or {})}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def run_owner(run: Run) -> Owner | None:
+    """The owner a run was tagged with when it was created; None for runs without one."""
+    tags = run.data.tags
+    return Owner.from_dict(
+        {k.removeprefix(OWNER_TAG): v for k, v in tags.items() if k.startswith(OWNER_TAG)}
+    )
+
+
+def close_dead_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    """Close the experiment's RUNNING runs whose owner process is dead, as FAILED with a reason.
+
+    Only runs whose owner ran on this host and is gone are touched: runs of a live
+    process, of another host, or without an owner tag are left alone. A trial's
+    child run is also tagged ``trial.state`` ``INTERRUPTED``. Returns the runs closed.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    running = client.search_runs(
+        [exp.experiment_id], "attributes.status = 'RUNNING'", max_results=5000
+    )
+    me = Owner.current().describe()
+    closed = []
+    for run in running:
+        owner = run_owner(run)
+        if owner is None or owner.alive() is not False:
+            continue
+        reason = f"{owner.describe()} ended without closing this run; closed by {me}"
+        tags = {CLOSED_TAG: reason}
+        if "trial.number" in run.data.tags:
+            tags.update({"trial.state": "INTERRUPTED", "trial.reason": reason})
+        set_tags(client, run.info.run_id, tags)
+        end_run(client, run.info.run_id, "FAILED")
+        closed.append(run)
+    return closed
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -238,10 +320,54 @@ def log_model_version(
             path.write_text(card)
             client.log_model_artifact(logged.model_id, str(path))
     # register_model also tags the logged model with its version, which links the two in the UI.
-    version = mlflow.register_model(f"models:/{logged.model_id}", registered_name, tags=tags)
+    version_tags = {**tags, PROMOTION_TAG: "pending"}  # until :func:`promote` records its decision
+    version = mlflow.register_model(
+        f"models:/{logged.model_id}", registered_name, tags=version_tags
+    )
     if card:
         client.update_model_version(registered_name, version.version, description=card)
     return str(version.version)
+
+
+def mark_orphan_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Tag versions whose run ended between registration and promotion ``orphaned``.
+
+    A version is pending from registration until promotion tags it. A pending
+    version that holds an alias was promoted and only lost its tag: the tag is
+    set from the alias. One without an alias whose run is no longer RUNNING, or
+    whose owner is dead, is an orphan: it gets ``promotion`` = ``orphaned`` and
+    a ``promotion.reason``, and never an alias. Returns the orphans.
+    """
+    try:
+        aliases = client.get_registered_model(name).aliases  # alias -> version
+    except MlflowException:  # no such model yet
+        return []
+    held = {str(v): a for a, v in aliases.items()}
+    orphans = []
+    for version in client.search_model_versions(f"name = '{name}'", max_results=10000):
+        if version.tags.get(PROMOTION_TAG) != "pending":
+            continue
+        number = str(version.version)
+        if number in held:
+            client.set_model_version_tag(name, number, PROMOTION_TAG, held[number])
+            continue
+        try:
+            run = client.get_run(version.run_id)
+        except MlflowException:
+            run = None
+        owner = run_owner(run) if run else None
+        if (
+            run is not None
+            and run.info.status == "RUNNING"
+            and (owner is None or owner.alive() is not False)
+        ):
+            continue  # its run may still be promoting it
+        who = f" ({owner.describe()})" if owner else ""
+        reason = f"run {version.run_id}{who} ended after registering it, before promoting it"
+        client.set_model_version_tag(name, number, PROMOTION_TAG, "orphaned")
+        client.set_model_version_tag(name, number, "promotion.reason", reason)
+        orphans.append(version)
+    return orphans
 
 
 @dataclass
@@ -253,6 +379,7 @@ class Promotion:
     new_score: float
     champion_version: str | None
     champion_score: float | None
+    earlier_versions: int = 0  # versions registered before this one, when none held the alias
 
     @property
     def promoted(self) -> bool:
@@ -261,10 +388,15 @@ class Promotion:
 
     def describe(self) -> str:
         """One sentence for logs and summaries."""
-        if self.champion_version is None:
+        if self.champion_version is None and not self.earlier_versions:
             return (
                 f"version {self.version} is the first champion "
                 f"(test objective {self.new_score:.4f})"
+            )
+        if self.champion_version is None:
+            return (
+                f"version {self.version} becomes champion (test objective {self.new_score:.4f}): "
+                f"none of the {self.earlier_versions} earlier version(s) held the alias"
             )
         verb = "beats" if self.promoted else "does not beat"
         return (
@@ -276,21 +408,32 @@ class Promotion:
 SCORE_TAG = "test_objective"
 
 
+def champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version that holds ``champion``; None when none does."""
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
 def promote(client: MlflowClient, name: str, version: str, score: float) -> Promotion:
     """Give ``version`` the alias ``champion`` only if its test objective beats the champion's.
 
     The objective is lower-is-better; ties keep the current champion. Otherwise
-    the new version gets ``challenger``.
+    the new version gets ``challenger``. The decision is also tagged on the
+    version (``promotion``). Reading the champion and moving the alias must not
+    interleave with another run's promotion: callers hold a lock per model.
     """
-    try:
-        current = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        current = None
+    current = champion(client, name)
     champ_score = float(current.tags[SCORE_TAG]) if current and SCORE_TAG in current.tags else None
-    if current is None or champ_score is None or score < champ_score:
-        client.set_registered_model_alias(name, "champion", version)
-        alias = "champion"
-    else:
-        client.set_registered_model_alias(name, "challenger", version)
-        alias = "challenger"
-    return Promotion(version, alias, score, str(current.version) if current else None, champ_score)
+    better = current is None or champ_score is None or score < champ_score
+    alias = "champion" if better else "challenger"
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, alias)
+    earlier = 0
+    if current is None:
+        versions = client.search_model_versions(f"name = '{name}'", max_results=10000)
+        earlier = sum(int(v.version) < int(version) for v in versions)
+    return Promotion(
+        version, alias, score, str(current.version) if current else None, champ_score, earlier
+    )

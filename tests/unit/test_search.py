@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
+import warnings
+from datetime import timedelta
+
 import numpy as np
 import optuna
 import pytest
@@ -10,6 +17,7 @@ from mtl_core.config import flat_params
 from mtl_core.data import prepare
 from mtl_core.errors import ConfigError, SearchError
 from mtl_core.integrations import search
+from mtl_core.owner import Owner
 
 STUDY = [
     "search.n_trials=5",
@@ -345,3 +353,179 @@ def test_a_trial_that_cannot_be_logged_keeps_its_outcome(tiny_synthetic, storage
     for trial in study.trials:
         assert trial.value is not None
         assert trial.user_attrs["log_error"] == "ConnectionError: tracking server gone"
+
+
+# --------------------------------------------------------------------------- shared studies
+
+
+def _params(study: optuna.Study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_processes_sharing_a_study_sample_different_points(tiny_synthetic, tmp_path, sampler):
+    # Two processes open one study with the same seed and ask in turn, as two runs do.
+    cfg = tiny_synthetic(*STUDY, f"search.sampler={sampler}")
+    url = str(tmp_path / "shared.log")
+    first, second = search.open_study(cfg, url), search.open_study(cfg, url)
+    for _ in range(3):
+        for study in (first, second):
+            trial = study.ask()
+            search.suggest(trial, cfg)
+            study.tell(trial, 1.0)
+    points = _params(search.open_study(cfg, url))
+    assert len(points) == 6 and len(set(points)) == 6
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize()
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_one_process_repeats_its_points_for_a_seed(tiny_synthetic, tmp_path, sampler):
+    def points(cfg, name):
+        study = search.open_study(cfg, f"sqlite:///{tmp_path / name}")
+        for _ in range(4):
+            trial = study.ask()
+            search.suggest(trial, cfg)
+            study.tell(trial, float(trial.number % 3))
+        return _params(study)
+
+    cfg = tiny_synthetic(*STUDY, f"search.sampler={sampler}")
+    assert points(cfg, "a.db") == points(cfg, "b.db")
+    other = tiny_synthetic(*STUDY, f"search.sampler={sampler}", "search.seed=1")
+    assert points(other, "c.db") != points(cfg, "d.db")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize()
+def test_a_running_trial_of_another_process_counts_toward_n_trials(tiny_synthetic, storage):
+    cfg = tiny_synthetic(*STUDY)  # n_trials=5
+    data = prepare(cfg.data)
+    assert search.run_worker(cfg, data, storage, 3, device="cpu") == 3
+    # Another live process (the one that started pytest) is running a trial of the study.
+    study = search.open_study(cfg, storage)
+    running = study.ask()
+    parent = Owner(socket.gethostname(), os.getppid())
+    running.set_user_attr(search.OWNER_ATTR, parent.as_dict())
+    # Asked for five, the worker runs the one trial the study lacks.
+    assert search.run_worker(cfg, data, storage, 5, device="cpu") == 1
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE"] * 3 + ["RUNNING", "COMPLETE"]
+
+
+def test_concurrent_workers_end_with_exactly_n_trials(tiny_synthetic, tmp_path):
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=4")
+    data = prepare(cfg.data)
+    url = str(tmp_path / "journal.log")
+    search.open_study(cfg, url)
+    claim = threading.Lock()
+    ran = [0, 0]
+
+    def worker(i: int) -> None:
+        # Each asks for the whole study, as two runs of one experiment do.
+        ran[i] = search.run_worker(cfg, data, url, 4, device="cpu", claim=lambda: claim)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    study = search.open_study(cfg, url)
+    assert sum(ran) == 4
+    assert _states(study) == ["COMPLETE"] * 4
+    assert search.finished_trials(study) == 4
+
+
+def test_stale_trials_are_closed_with_a_reason_and_do_not_count(tiny_synthetic, tmp_path):
+    cfg = tiny_synthetic(*STUDY)
+    study = search.open_study(cfg, str(tmp_path / "journal.log"))
+    me = Owner.current()
+    owners = {
+        # Our pid with another start time: the process that owned it is gone, the pid reused.
+        "dead": Owner(me.host, me.pid, "another-boot/1").as_dict(),
+        "alive": me.as_dict(),
+        "other host": Owner("elsewhere", 1).as_dict(),
+        "none": None,
+    }
+    done = study.ask()
+    study.tell(done, 0.5)
+    for owner in owners.values():
+        trial = study.ask()
+        if owner:
+            trial.set_user_attr(search.OWNER_ATTR, owner)
+    # A trial that Optuna's heartbeat failed, without a reason: no outcome either.
+    silent = study.ask()
+    study.tell(silent, state=optuna.trial.TrialState.FAIL)
+
+    closed = search.close_stale_trials(study, ownerless_after=timedelta(0))
+    assert sorted(t.number for t in closed) == [1, 4]
+    trials = search.open_study(cfg, str(tmp_path / "journal.log")).trials
+    assert [t.state.name for t in trials] == [
+        "COMPLETE",
+        "FAIL",
+        "RUNNING",
+        "RUNNING",
+        "FAIL",
+        "FAIL",
+    ]
+    assert trials[1].user_attrs["fail_reason"] == (
+        f"stale: process {me.pid} on host {me.host} ended without finishing the trial"
+    )
+    assert trials[4].user_attrs["fail_reason"].startswith("stale: no owner recorded")
+    assert search.finished_trials(study) == 1
+    assert search.close_stale_trials(study, ownerless_after=timedelta(0)) == []
+
+
+def test_a_silent_heartbeat_closes_a_trial_of_another_host(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the heartbeat is experimental and meant for optimize()
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1
+        )
+        study = optuna.create_study(storage=storage, study_name="hb")
+        trial = study.ask()
+    trial.set_user_attr(search.OWNER_ATTR, Owner("elsewhere", 1).as_dict())
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    (closed,) = search.close_stale_trials(study)
+    assert closed.state.name == "FAIL"
+    assert closed.user_attrs["fail_reason"] == (
+        "stale: no heartbeat from process 1 on host elsewhere for over 1 s"
+    )
+    assert search.finished_trials(study) == 0
+
+
+class _Stopped(BaseException):
+    """Like Prefect's TerminationSignal: not an Exception, so Optuna does not close the trial."""
+
+    signal = 15
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, _Stopped])
+def test_an_interrupted_trial_is_closed_and_does_not_count(
+    tiny_synthetic, storage, monkeypatch, stop
+):
+    cfg = tiny_synthetic(*STUDY)
+    data = prepare(cfg.data)
+    real_train = search.train_from_config
+    calls = []
+
+    def stopped_in_trial_1(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise stop()
+        return real_train(*args, **kw)
+
+    monkeypatch.setattr(search, "train_from_config", stopped_in_trial_1)
+    events = []
+    with pytest.raises(stop):
+        search.run_worker(
+            cfg, data, storage, 3, device="cpu", logger_factory=lambda n, p: _Recorder(events, n)
+        )
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE", "FAIL"]
+    reason = "interrupted by SIGINT" if stop is KeyboardInterrupt else "interrupted by SIGTERM"
+    assert study.trials[1].user_attrs["fail_reason"] == reason
+    assert (1, "INTERRUPTED", reason) in events
+    assert search.finished_trials(study) == 1
+    # The next worker runs the trials the study still lacks.
+    monkeypatch.setattr(search, "train_from_config", real_train)
+    assert search.run_worker(cfg, data, storage, 5, device="cpu") == 4
+    assert search.finished_trials(search.open_study(cfg, storage)) == 5
