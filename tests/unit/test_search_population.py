@@ -103,13 +103,14 @@ def test_an_interrupted_batch_leaves_no_trial_running(tiny_synthetic, storage, m
     study = search.open_study(cfg, storage)
     assert _states(study) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
     for t in study.trials[2:]:
-        assert t.user_attrs["fail_reason"] == "interrupted: KeyboardInterrupt: stopped by hand"
-    # As in the sequential search, an interrupted trial counts as finished (failed);
-    # resuming runs the rest and the study holds exactly n_trials.
+        assert t.user_attrs["fail_reason"] == "interrupted by SIGINT"
+        assert t.user_attrs["interrupted"] == "interrupted by SIGINT"
+    # As in the sequential search, an interrupted trial has no outcome and does not count;
+    # resuming runs the rest and the study holds exactly n_trials that ran to an outcome.
     monkeypatch.setattr(search, "train_population", real)
     remaining = cfg.search.n_trials - search.finished_trials(study)
-    assert remaining == 1
-    assert search.run_worker(cfg, data, storage, remaining, device="cpu") == 1
+    assert remaining == 3
+    assert search.run_worker(cfg, data, storage, remaining, device="cpu") == 3
     assert search.finished_trials(search.open_study(cfg, storage)) == 5
 
 
