@@ -25,6 +25,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from mtl_core.config import state_dir
+from mtl_core.redact import redact_url
 from mtl_core.train import EpochLog
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -69,15 +70,15 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     """Create a RUNNING run (a child when ``parent_run_id`` is given); returns its id."""
-    tags = dict(tags or {})
+    tags = {k: redact_url(str(v)) for k, v in (tags or {}).items()}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """Log params in batches of 100 (MLflow's limit); values are stringified."""
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    """Log params in batches of 100 (MLflow's limit); values are stringified, passwords masked."""
+    items = [Param(k, redact_url(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 
@@ -93,8 +94,8 @@ def log_metrics(
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
-    """Set several tags in one call."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    """Set several tags in one call; passwords in URLs are masked."""
+    client.log_batch(run_id, tags=[RunTag(k, redact_url(str(v))[:5000]) for k, v in tags.items()])
 
 
 def end_run(client: MlflowClient, run_id: str, status: str) -> None:
