@@ -32,13 +32,24 @@ class _QuietExpectedErrors(logging.Filter):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
-    from flows.params import PipelineParams
-    from mtl_core.config import load_config
+    """Validate config and data up front, then run the ``mtl-pipeline`` flow.
+
+    ``--config`` may be a file path here: the command resolves and validates it and
+    passes it on with :meth:`~flows.params.PipelineParams.local`, a route the
+    dashboard does not have (see :mod:`flows.params`).
+    """
+    from pydantic import ValidationError
+
+    from flows.params import PipelineParams, params_error
+    from mtl_core.config import load_config, resolve_config_path
     from mtl_core.data import load_frame
     from mtl_core.integrations import tracking
 
-    params = PipelineParams(config=args.config, overrides=args.set or [])
+    resolve_config_path(args.config)  # a missing file is one line, before anything else
+    try:
+        params = PipelineParams.local(args.config, overrides=args.set or [])
+    except ValidationError as exc:
+        raise params_error(exc, "mtl run") from None
     cfg = load_config(params.config, params.config_overrides())
     load_frame(cfg.data)  # a missing or unreadable file fails here, before any run exists
 
@@ -155,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.deploy import NIGHTLY, WEEKLY  # light: no torch, no Prefect
 
     dep = sub.add_parser("deploy", help="deploy the flow with nightly and weekly schedules")
-    dep.add_argument("--config", default="default", help="config name in configs/ or YAML path")
+    dep.add_argument(
+        "--config", default="default", help="config name in configs/ (or the path of a file there)"
+    )
     dep.add_argument(
         "--set",
         action="append",
