@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from mtl_core.integrations import figures, search, tracking
 from mtl_core.integrations.serving import save_pyfunc
 from mtl_core.metrics import delta_m, evaluate
 from mtl_core.model import MultiTaskModel
+from mtl_core.redact import redact_url
 from mtl_core.train import FitResult, train_from_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -393,7 +393,7 @@ def tune(cfg: ExperimentConfig, data: PreparedData, parent: ParentRun) -> optuna
     remaining = max(0, cfg.search.n_trials - search.finished_trials(study))
     shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
     logger = get_run_logger()
-    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)  # no password in logs
+    shown = redact_url(storage_url)  # no password in logs
     logger.info(
         f"study '{study.study_name}' at {shown}: {remaining} trial(s) to run "
         f"on {len(shares)} worker(s)"

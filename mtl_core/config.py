@@ -13,6 +13,7 @@ import json
 import os
 import re
 import reprlib
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -114,13 +115,13 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         names = [t.name for t in self.tasks]
-        dupes = _duplicates(names)
+        dupes = duplicates(names)
         if dupes:
             raise ValueError(f"duplicate task names {dupes}; each task needs its own name")
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs 'path' (a .csv or .parquet file)")
         for key in ("features", "coerce_numeric", "categorical"):
-            dupes = _duplicates(getattr(self, key) or [])
+            dupes = duplicates(getattr(self, key) or [])
             if dupes:
                 raise ValueError(f"data.{key} lists {dupes} more than once")
         both = sorted(set(self.coerce_numeric) & set(self.categorical))
@@ -135,8 +136,9 @@ class DataConfig(_Strict):
         return self
 
 
-def _duplicates(items: list[str]) -> list[str]:
-    return sorted({x for x in items if items.count(x) > 1})
+def duplicates(items: list) -> list[str]:
+    """The items that occur more than once, as sorted strings."""
+    return sorted(str(x) for x, n in Counter(items).items() if n > 1)
 
 
 class FeaturesConfig(_Strict):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mtl_core.config import DataConfig, FeaturesConfig, SyntheticConfig, short_repr
+from mtl_core.config import DataConfig, FeaturesConfig, SyntheticConfig, duplicates, short_repr
 from mtl_core.errors import DataError
 from mtl_core.preprocess import Preprocessor, non_finite_message, non_finite_rows
 from mtl_core.tasks import TASK_TYPES, Task
@@ -89,7 +88,7 @@ def _header(path: Path, suffix: str) -> list[str]:
 
 
 def _check_unique_columns(names: list, source: str) -> None:
-    dupes = sorted(str(n) for n, k in Counter(names).items() if k > 1)
+    dupes = duplicates(names)
     if dupes:
         raise DataError(
             f"{source}: column name(s) {dupes} appear more than once; each column needs its "
