@@ -59,20 +59,32 @@ def _start_local_api() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Validate config and data up front, then run the ``mtl-pipeline`` flow."""
+    """Check config, data, device and servers up front, then run the ``mtl-pipeline`` flow.
+
+    ``--config`` may be a file path here: the command resolves and validates it and
+    passes it on with :meth:`~flows.params.PipelineParams.local`, a route the
+    dashboard does not have (see :mod:`flows.params`).
+    """
     shutdown.raise_on_sigterm()
     # Registered before Prefect is imported, so it runs last at exit, after Prefect has
     # flushed its logs and stopped its temporary API: a child process still alive then
     # (a server whose stop was cut short, search workers) was started by this command.
     atexit.register(shutdown.stop_children)
-    from flows.params import PipelineParams
-    from mtl_core.config import load_config
-    from mtl_core.data import load_frame
+    from pydantic import ValidationError
+
+    from flows.params import PipelineParams, params_error
+    from flows.preflight import check_run, move_secret_storage
+    from mtl_core.config import load_config, resolve_config_path
     from mtl_core.integrations import tracking
 
-    params = PipelineParams(config=args.config, overrides=args.set or [])
+    overrides = move_secret_storage(args.set or [])  # no password in the flow's parameters
+    resolve_config_path(args.config)  # a missing file is one line, before anything else
+    try:
+        params = PipelineParams.local(args.config, overrides=overrides)
+    except ValidationError as exc:
+        raise params_error(exc, "mtl run") from None
     cfg = load_config(params.config, params.config_overrides())
-    load_frame(cfg.data)  # a missing or unreadable file fails here, before any run exists
+    check_run(cfg)  # data, device, names and servers: before any run, study or store exists
 
     from prefect.exceptions import TerminationSignal
 
@@ -107,17 +119,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    from flows.preflight import writable_place
     from mtl_core.data import read_table
     from mtl_core.integrations import tracking
 
+    out = Path(args.output)
+    if why := writable_place(out):
+        return _fail(f"--output {out}: cannot write a CSV file there ({why})")
     rows = read_table(args.input)
-    uri = tracking.tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return _fail(
-            f"model '{args.model_uri}': no MLflow store at {uri}; run 'mtl run' first "
-            "or set MLFLOW_TRACKING_URI"
-        )
-    tracking.get_client()
+    if args.model_uri.startswith(("models:/", "runs:/")):  # a local model folder needs no store
+        uri = tracking.tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            return _fail(
+                f"model '{args.model_uri}': no MLflow store at {uri}; run 'mtl run' first "
+                "or set MLFLOW_TRACKING_URI"
+            )
+        tracking.get_client()
     try:
         model = mlflow.pyfunc.load_model(args.model_uri)
     except (MlflowException, OSError) as exc:
@@ -132,9 +149,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except MlflowException as exc:
         reason = str(exc).rsplit("Error: ", 1)[-1].strip().splitlines()[0]
         return _fail(f"{args.input}: rows do not match the model's input schema ({reason})")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    preds.to_csv(out, index=False)
+    except MTLError as exc:  # the model's own checks, e.g. inf in a feature
+        return _fail(f"{args.input}: {str(exc).removeprefix('model input: ')}")
+    partial = out.with_name(f".{out.name}.partial")
+    try:  # all or nothing: a failed write leaves no half-written file
+        out.parent.mkdir(parents=True, exist_ok=True)
+        preds.to_csv(partial, index=False)
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return _fail(f"--output {out}: cannot write ({exc.strerror})")
     print(f"wrote {len(preds)} predictions ({', '.join(preds.columns)}) to {out}")
     return 0
 
@@ -312,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep = sub.add_parser(
         "deploy", help="deploy training (nightly, weekly) and scoring (daily) on a work pool"
     )
-    dep.add_argument("--config", default="default", help="config name in configs/ or YAML path")
+    dep.add_argument(
+        "--config", default="default", help="config name in configs/ (or the path of a file there)"
+    )
     dep.add_argument(
         "--set",
         action="append",

@@ -33,8 +33,8 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from flows.params import PipelineParams, ScoreParams
-from mtl_core.config import load_config, state_dir
+from flows.params import PipelineParams, ScoreParams, params_error
+from mtl_core.config import CONFIG_DIR, bundled_config, config_names, load_config, state_dir
 from mtl_core.errors import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -77,9 +77,24 @@ def _params(base: dict[str, Any], changes: dict[str, Any], what: str) -> dict[st
     try:
         return PipelineParams(**{**base, **changes}).model_dump(mode="json")
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{what}: parameter '{where}': {err['msg']}") from None
+        raise params_error(exc, what) from None
+
+
+def _bundled_name(config: str) -> str:
+    """The bundled config a deployment runs: a name, or a path to a file in ``configs/``.
+
+    The dashboard offers only the configs in ``configs/`` (see :mod:`flows.params`),
+    and a worker has only the files of the checkout it runs from.
+    """
+    path = Path(config)
+    if bundled_config(config) is None and path.is_file():
+        if path.resolve().parent == CONFIG_DIR.resolve() and bundled_config(path.name):
+            return path.stem
+        raise ConfigError(
+            f"config '{config}': a deployment runs a config of configs/ {config_names()}; "
+            "add the file there (and commit it, so that workers have it)"
+        )
+    return config.removesuffix(".yaml")
 
 
 def _check_server(api_url: str, work_pool: str) -> None:
@@ -113,8 +128,7 @@ def deploy(
     """Create or update the ``mtl-pipeline`` deployment on a process work pool.
 
     Args:
-        config: Config name in ``configs/`` or a YAML path (stored absolute, since
-            the worker runs from the repository root).
+        config: Config name in ``configs/``, or the path of a file there.
         name: Deployment name; default the config's file stem.
         work_pool: Process work pool; default ``MTL_WORK_POOL``, else ``mtl-process``.
         overrides: ``key=value`` config overrides for every run of the deployment.
@@ -142,8 +156,7 @@ def deploy(
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"time zone '{timezone}': expected an IANA name, e.g. UTC") from None
-    path = Path(config)
-    config_ref = str(path.resolve()) if path.is_file() else config
+    config_ref = _bundled_name(config)
     base = _params({"config": config_ref, "overrides": list(overrides or [])}, {}, "deployment")
     load_config(config_ref, PipelineParams(**base).config_overrides())  # fail here, not at 2 a.m.
     plans = {

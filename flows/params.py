@@ -3,19 +3,57 @@
 Prefect renders this model as a form in its dashboard ("Run" / custom run)
 and validates what a user types against it before the run starts. Every field
 left empty falls back to the config file.
+
+Two routes lead into the flow, and only one accepts a file path:
+
+- **The dashboard, the API and schedules** send JSON that is validated into this
+  model as is. ``config`` must then be the name of a config in the deployment's
+  ``configs/``; the form shows those names as a dropdown (a JSON-schema ``enum``,
+  which Prefect also enforces on the server), and a path is refused, so a
+  dashboard user cannot make a worker read any other file.
+- **The ``mtl`` command** runs the flow in its own process for a user who can
+  read the file anyway. It resolves and validates the config itself, then builds
+  the parameters with :meth:`PipelineParams.local`, which alone accepts a path to
+  an existing YAML file. That permission lives in pydantic's validation context,
+  which JSON coming from a server cannot carry.
+
+No parameter may hold a password: an override with a credentialed URL is
+refused (``MTL_OPTUNA_STORAGE`` on the worker carries the storage URL instead),
+since Prefect stores parameters in clear text.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from mtl_core.config import Float, Int, bundled_config, config_names
+from mtl_core.errors import ConfigError
+from mtl_core.redact import has_credentials, redact_url
+
+# The context key that lets a config be a file path (see the module docstring).
+ALLOW_PATHS = "allow_config_paths"
+# JSON-schema form of the credentials check on overrides, so the server refuses them too.
+NO_PASSWORD_PATTERN = r"^(?![\s\S]*://[^\s:/?#@]*:[^\s/?#]+@)"
 
 
 def _number_fields(schema: dict[str, Any]) -> None:
     """Give each property its ``position``: Prefect's form orders nested fields by it."""
     for position, prop in enumerate(schema.get("properties", {}).values()):
         prop["position"] = position
+
+
+def _config_choices(schema: dict[str, Any]) -> None:
+    """The bundled config names as an ``enum``: Prefect's form renders it as a dropdown.
+
+    Computed when the schema is generated (``mtl deploy``), from the configs/ the
+    deployment will run.
+    """
+    schema.pop("minLength", None)
+    schema.pop("maxLength", None)
+    schema["enum"] = config_names()
 
 
 class PipelineParams(BaseModel):
@@ -27,7 +65,8 @@ class PipelineParams(BaseModel):
         "default",
         min_length=1,
         max_length=500,
-        description="Config name in configs/ (e.g. 'default', 'penguins') or a YAML file path.",
+        description="Config to run: one of the configs in the deployment's configs/ folder.",
+        json_schema_extra=_config_choices,
     )
     experiment: str | None = Field(
         None,
@@ -35,17 +74,17 @@ class PipelineParams(BaseModel):
         max_length=200,
         description="MLflow experiment and registered model name; empty = the config's.",
     )
-    n_trials: int | None = Field(
+    n_trials: Int | None = Field(
         None, ge=1, le=1000, description="Finished trials the Optuna study should hold in total."
     )
-    timeout_minutes: float | None = Field(
+    timeout_minutes: Float | None = Field(
         None, gt=0, le=1440, description="Stop starting new trials after this many minutes."
     )
-    n_workers: int | None = Field(
+    n_workers: Int | None = Field(
         None, ge=1, le=32, description="Parallel search workers on one stored study."
     )
-    epochs: int | None = Field(None, ge=1, le=10000, description="Training epochs per model.")
-    seed: int | None = Field(
+    epochs: Int | None = Field(None, ge=1, le=10000, description="Training epochs per model.")
+    seed: Int | None = Field(
         None, ge=0, le=2**31 - 1, description="Seed for the sampler, model init and shuffling."
     )
     device: str | None = Field(
@@ -57,12 +96,41 @@ class PipelineParams(BaseModel):
         [],  # a literal default (pydantic copies it per instance) shows in the form's schema
         max_length=50,
         description="Further config overrides as key=value, e.g. loss.penalty_scope=all.",
+        json_schema_extra={"items": {"type": "string", "pattern": NO_PASSWORD_PATTERN}},
     )
     new_study: bool = Field(
         False,
         description="Search in a new Optuna study named after the experiment and the run's "
         "start time, instead of resuming the experiment's study (scheduled runs do this).",
     )
+
+    @classmethod
+    def local(cls, config: str | Path, **fields: Any) -> PipelineParams:
+        """Parameters for a run started in this process: ``config`` may be a YAML file path.
+
+        The route of the ``mtl`` command (and of tests): see the module docstring.
+        """
+        return cls.model_validate({"config": str(config), **fields}, context={ALLOW_PATHS: True})
+
+    @field_validator("config")
+    @classmethod
+    def _bundled_or_local(cls, value: str, info: ValidationInfo) -> str:
+        if bundled_config(value):
+            return value.removesuffix(".yaml")
+        if info.context and info.context.get(ALLOW_PATHS) and Path(value).is_file():
+            return value
+        raise ValueError(f"'{value[:80]}' is not a bundled config; choose one of {config_names()}")
+
+    @field_validator("overrides")
+    @classmethod
+    def _no_credentials(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if has_credentials(item):
+                raise ValueError(
+                    f"'{redact_url(item)[:200]}' holds a password, and Prefect stores "
+                    "parameters in clear text; set MTL_OPTUNA_STORAGE on the worker instead"
+                )
+        return value
 
     def config_overrides(self) -> list[str]:
         """The typed fields as ``key=value`` overrides, followed by ``overrides``."""
@@ -77,6 +145,13 @@ class PipelineParams(BaseModel):
             "train.device": self.device,
         }
         return [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(self.overrides)
+
+
+def params_error(exc: ValidationError, what: str) -> ConfigError:
+    """The first problem of invalid parameters as a one-line ConfigError naming the field."""
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return ConfigError(f"{what}: parameter '{where}': {err['msg'].removeprefix('Value error, ')}")
 
 
 class ScoreParams(BaseModel):
@@ -102,7 +177,7 @@ class ScoreParams(BaseModel):
         max_length=500,
         description="Registered model with an alias (resolved once, at the start) or a version.",
     )
-    chunk_rows: int = Field(
+    chunk_rows: Int = Field(
         100_000, ge=100, le=10_000_000, description="Rows read and scored at a time."
     )
     experiment: str | None = Field(
@@ -112,21 +187,21 @@ class ScoreParams(BaseModel):
         description="MLflow experiment of the scoring run; "
         "empty = '<training experiment>-scoring'.",
     )
-    psi_threshold: float | None = Field(
+    psi_threshold: Float | None = Field(
         None,
         gt=0,
         le=10,
         description="Drift: PSI at or above which a feature drifts; "
         "empty = the model's (drift.psi_threshold).",
     )
-    p_value: float | None = Field(
+    p_value: Float | None = Field(
         None,
         gt=0,
         lt=1,
         description="Drift: significance level of the per-feature test; "
         "empty = the model's (drift.p_value).",
     )
-    sample_rows: int | None = Field(
+    sample_rows: Int | None = Field(
         None,
         ge=100,
         le=1_000_000,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from mtl_core.integrations import figures, search, tracking
 from mtl_core.integrations.serving import model_package
 from mtl_core.metrics import delta_m, evaluate
 from mtl_core.model import MultiTaskModel
+from mtl_core.redact import redact_url
 from mtl_core.train import FitResult, train_from_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -461,7 +461,7 @@ def tune(
     remaining = max(0, cfg.search.n_trials - search.finished_trials(study))
     shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
     logger = get_run_logger()
-    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)  # no password in logs
+    shown = redact_url(storage_url)  # no password in logs
     batches = f", {cfg.search.population} at a time" if cfg.search.population > 1 else ""
     if cfg.search.cv_folds > 1:
         batches += f", each on {cfg.search.cv_folds} folds"

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mtl_core.config import DataConfig, FeaturesConfig, SyntheticConfig
+from mtl_core.config import DataConfig, FeaturesConfig, SyntheticConfig, duplicates, short_repr
 from mtl_core.errors import DataError
-from mtl_core.preprocess import Preprocessor
+from mtl_core.preprocess import Preprocessor, non_finite_message, non_finite_rows
 from mtl_core.tasks import TASK_TYPES, Task
 
 SPLITS = ("train", "val", "test")
@@ -77,25 +77,56 @@ def load_penguins() -> pd.DataFrame:
     return palmerpenguins.load_penguins()
 
 
+def _header(path: Path, suffix: str) -> list[str]:
+    """Column names as the file spells them; pandas renames a repeated CSV name to ``name.1``."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return [str(v) for v in row.iloc[0]]
+
+
+def _check_unique_columns(names: list, source: str) -> None:
+    dupes = duplicates(names)
+    if dupes:
+        raise DataError(
+            f"{source}: column name(s) {dupes} appear more than once; each column needs its "
+            "own name (a repeated target would otherwise become a feature)"
+        )
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file; any failure is a one-line DataError naming the file."""
+    """Read a CSV or Parquet file; any failure is a one-line DataError naming the file.
+
+    Refused as well: a repeated column name, a file with a header but no rows,
+    and a CSV that holds one column whose name suggests another separator.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".txt", ".gz"):
+        got = suffix or path.name
+        raise DataError(f"{path}: expected a .csv or .parquet file, got '{got}'")
     try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix in (".csv", ".txt") or suffix == ".gz":
-            frame = pd.read_csv(path)
-        else:
-            got = suffix or path.name
-            raise DataError(f"{path}: expected a .csv or .parquet file, got '{got}'")
+        _check_unique_columns(_header(path, suffix), str(path))
+        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
     except DataError:
         raise
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read data ({first})") from None
+    if len(frame.columns) == 1 and suffix != ".parquet":
+        name = str(frame.columns[0])
+        sep = next((c for c in (";", "\t", "|") if c in name), None)
+        if sep is not None:
+            raise DataError(
+                f"{path}: read one column {short_repr(name)}; the file looks "
+                f"{sep!r}-separated, but a CSV file must be comma-separated"
+            )
+    if frame.empty:
+        raise DataError(f"{path}: no data rows (the file has a header only)")
     return frame
 
 
@@ -188,6 +219,7 @@ class PreparedData:
             settings,
             pre.tasks,
             self.n_rows,
+            pre.non_finite,
         )
         splits = {}
         for name, s in self.splits.items():
@@ -311,12 +343,13 @@ def prepare_frame(
 ) -> PreparedData:
     """:func:`prepare` on a frame already in memory; ``source`` names it in errors."""
     settings = features or FeaturesConfig()
+    _check_unique_columns(list(frame.columns), source)
     targets = [t.column for t in cfg.tasks]
     shared = sorted({c for c in targets if targets.count(c) > 1})
     if shared:
         raise DataError(f"{source}: column(s) {shared} are the target of more than one task")
     ids = [cfg.id_column] if cfg.id_column else []
-    wanted = targets + (cfg.features or []) + ids
+    wanted = targets + (cfg.features or []) + cfg.coerce_numeric + cfg.categorical + ids
     missing = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
     if missing:
         raise DataError(
@@ -331,7 +364,8 @@ def prepare_frame(
         raise DataError(f"{source}: no feature columns left besides the targets {targets}")
     digest = fingerprint(frame)
 
-    kept = frame.loc[frame[targets].notna().any(axis=1), feature_cols + targets]
+    frame = _read_numbers(frame[feature_cols + targets], cfg, feature_cols, source)
+    kept = frame.loc[frame[targets].notna().any(axis=1)]
     if kept.empty:
         raise DataError(
             f"{source}: no rows left after dropping rows with no label in any of the target "
@@ -342,24 +376,117 @@ def prepare_frame(
     empty = [c for c in feature_cols if kept[c].isna().all()]
     if empty:
         raise DataError(f"{source}: feature column(s) {empty} are entirely missing")
+    for t in cfg.tasks:
+        if kept[t.column].isna().all():
+            raise DataError(
+                f"{source}: target column '{t.column}' (task '{t.name}') has no labels; "
+                "every value is missing"
+            )
     tasks = [
         TASK_TYPES.lookup(t.type).from_column(t.name, t.column, kept[t.column], source)
         for t in cfg.tasks
     ]
 
     parts = _split(kept, cfg, tasks)
+    _check_labels_in_every_split(parts, tasks, source)
     for t in tasks:
         t.fit_train(parts["train"][t.column])
     numeric = [c for c in feature_cols if _is_numeric(kept[c])]
     categorical = [c for c in feature_cols if c not in numeric]
-    pre = Preprocessor.fit(parts["train"], numeric, categorical, settings, tasks, len(kept))
+    pre = Preprocessor.fit(
+        parts["train"], numeric, categorical, settings, tasks, len(kept), cfg.non_finite
+    )
     splits = {}
     for name, rows in parts.items():
         X, C = pre.transform(rows, source)
-        splits[name] = Split(
-            X=X,
-            C=C,
-            y={t.name: t.encode(rows[t.column]) for t in tasks},
-            rows=rows[feature_cols].reset_index(drop=True),
-        )
+        y = {t.name: _encode(t, rows[t.column], source) for t in tasks}
+        splits[name] = Split(X=X, C=C, y=y, rows=rows[feature_cols].reset_index(drop=True))
     return PreparedData(pre, splits, digest, source, n_rows=len(kept))
+
+
+# A text column is "numeric with strays" when at least this share of its values are numbers.
+NUMERIC_SHARE = 0.9
+
+
+def _read_numbers(
+    frame: pd.DataFrame, cfg: DataConfig, feature_cols: list[str], source: str
+) -> pd.DataFrame:
+    """Numbers as the config says: strays coerced or refused, non-finite values refused or NaN.
+
+    A text feature column of which at least 90 % of the present values read as
+    numbers, but not all, is numeric with a few stray values (``"12,5"``, ``"n/a"``,
+    ``"?"``): one-hot encoding it would silently throw the numbers away, so it is
+    refused unless ``data.coerce_numeric`` lists it (strays become missing) or
+    ``data.categorical`` does (it stays categorical). Below 90 % the column is
+    categorical. Then every numeric column, targets included, is checked for inf,
+    -inf and magnitudes beyond float32's range, which ``data.non_finite`` refuses
+    (``error``) or turns into missing values (``missing``).
+    """
+    frame = frame.copy()
+    for c in cfg.coerce_numeric:
+        if c not in frame.columns:
+            raise DataError(
+                f"{source}: data.coerce_numeric lists '{c}', which is neither a feature nor a "
+                "target"
+            )
+        frame[c] = pd.to_numeric(frame[c], errors="coerce")
+    for c in cfg.categorical:
+        if c not in feature_cols:
+            raise DataError(f"{source}: data.categorical lists '{c}', which is not a feature")
+        if _is_numeric(frame[c]):
+            raise DataError(
+                f"{source}: data.categorical lists column '{c}', which holds numbers; it "
+                "applies to text columns only"
+            )
+    for c in feature_cols:
+        if c in cfg.categorical or _is_numeric(frame[c]) or pd.api.types.is_bool_dtype(frame[c]):
+            continue
+        present = frame[c].dropna()
+        parsed = pd.to_numeric(present.astype(str), errors="coerce")
+        strays = present[parsed.isna().to_numpy()]
+        if len(present) and len(strays) and 1 - len(strays) / len(present) >= NUMERIC_SHARE:
+            raise DataError(
+                f"{source}: column '{c}' holds numbers except for {len(strays)} of "
+                f"{len(present)} values ({len(strays) / len(present):.1%}), e.g. "
+                f"{short_repr(strays.iloc[0])}; fix those values, or list the column in "
+                "data.coerce_numeric to read them as missing (or in data.categorical to keep "
+                "it as categories)"
+            )
+    bad = {c: non_finite_rows(frame[c]) for c in frame.columns if _is_numeric(frame[c])}
+    bad = {c: rows for c, rows in bad.items() if rows.any()}
+    if bad and cfg.non_finite == "error":
+        counts = {c: int(rows.sum()) for c, rows in bad.items()}
+        raise DataError(
+            non_finite_message(source, counts)
+            + "; fix them, or set data.non_finite: missing to read them as missing"
+        )
+    for c, rows in bad.items():
+        frame[c] = frame[c].astype(float).mask(rows)
+    return frame
+
+
+def _check_labels_in_every_split(
+    parts: dict[str, pd.DataFrame], tasks: list[Task], source: str
+) -> None:
+    """Each task needs labels in train (to learn), val (the objective) and test (its metrics)."""
+    for t in tasks:
+        counts = {name: int(rows[t.column].notna().sum()) for name, rows in parts.items()}
+        empty = [name for name, n in counts.items() if n == 0]
+        if empty:
+            raise DataError(
+                f"{source}: target column '{t.column}' (task '{t.name}') has "
+                f"{sum(counts.values())} labelled row(s), and the {'/'.join(empty)} split got "
+                "none; it needs more labelled rows"
+            )
+
+
+def _encode(task: Task, values: pd.Series, source: str) -> np.ndarray:
+    """``task.encode`` and a check that every present label became a finite number."""
+    y = task.encode(values)
+    bad = values.notna().to_numpy() & ~np.isfinite(y)
+    if bad.any():
+        raise DataError(
+            f"{source}: target column '{task.column}' (task '{task.name}'): {int(bad.sum())} "
+            f"label(s) do not encode to finite numbers, e.g. {short_repr(values[bad].iloc[0])}"
+        )
+    return y

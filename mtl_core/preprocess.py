@@ -40,6 +40,26 @@ from mtl_core.tasks import Task, task_from_dict
 MISSING = "<missing>"
 JSON_FILE = "preprocessor.json"
 SKOPS_FILE = "transformers.skops"
+# The model computes in float32: a larger magnitude is as unusable as inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def non_finite_rows(values: pd.Series) -> np.ndarray:
+    """Rows of a numeric column holding inf, -inf or a magnitude beyond float32 (≈3.4e38)."""
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.abs(x) > FLOAT32_MAX
+
+
+def non_finite_message(source: str, counts: dict[str, int]) -> str:
+    """One line naming the columns and how many rows each holds a non-finite value in."""
+    shown = list(counts.items())[:5]
+    named = ", ".join(f"'{c}' ({n} row{'s' if n != 1 else ''})" for c, n in shown)
+    more = f" and {len(counts) - 5} more" if len(counts) > 5 else ""
+    return (
+        f"{source}: column(s) {named}{more} hold inf, -inf or values beyond ±3.4e38 "
+        "(float32's range)"
+    )
 
 
 def as_category(series: pd.Series) -> pd.Series:
@@ -70,6 +90,8 @@ class Preprocessor:
         dense: Transformer producing ``x`` (None when there is no dense column).
         codes: Encoder producing ``c`` (None unless categorical columns are embedded).
         tasks: The fitted tasks, in config order.
+        non_finite: What :meth:`transform` does with inf, -inf and values beyond
+            float32 in a numeric column: ``error`` refuses them, ``missing`` imputes them.
     """
 
     features: list[str]
@@ -79,6 +101,7 @@ class Preprocessor:
     dense: ColumnTransformer | None
     codes: OrdinalEncoder | None
     tasks: list[Task]
+    non_finite: str = "error"
 
     @classmethod
     def fit(
@@ -89,6 +112,7 @@ class Preprocessor:
         settings: FeaturesConfig,
         tasks: list[Task],
         n_rows: int | None = None,
+        non_finite: str = "error",
     ) -> Preprocessor:
         """Fit on the training rows.
 
@@ -99,6 +123,7 @@ class Preprocessor:
             settings: How to represent them.
             tasks: Fitted tasks, carried along for predictions.
             n_rows: Rows the whole dataset has, to check that one-hot columns fit in memory.
+            non_finite: ``error`` or ``missing``, for rows scored later (see the attribute).
 
         Raises:
             DataError: One-hot columns would not fit in memory.
@@ -123,7 +148,7 @@ class Preprocessor:
                 handle_unknown="use_encoded_value", unknown_value=-1, dtype=np.int64
             )
             codes.fit(cats)
-        pre = cls(features, numeric, categorical, settings, dense, codes, tasks)
+        pre = cls(features, numeric, categorical, settings, dense, codes, tasks, non_finite)
         if dense is not None:
             dense.fit(pre._frame(rows))
         return pre
@@ -139,24 +164,45 @@ class Preprocessor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw rows -> ``x`` (N, n_dense) float32 and ``c`` (N, n_categorical) int64.
 
+        Both matrices are finite: a numeric value that is not (see ``non_finite``), or
+        one that the scaler turns into inf or NaN, is refused naming its column.
+
         Raises:
-            DataError: A feature column is missing, or a numeric one holds text.
+            DataError: A feature column is missing, a numeric one holds text or a
+                non-finite value, or a value does not scale to a finite number.
         """
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise DataError(f"{source}: missing feature column(s) {missing}")
         cols = self._frame(frame)
+        bad = {}
         for c in self.numeric:
             try:
                 cols[c] = pd.to_numeric(cols[c])
             except (TypeError, ValueError):
                 raise DataError(f"{source}: column '{c}' must be numeric") from None
+            rows = non_finite_rows(cols[c])
+            if rows.any():
+                bad[c] = rows
+                cols[c] = cols[c].astype(float).mask(rows)
+        if bad and self.non_finite != "missing":
+            raise DataError(non_finite_message(source, {c: int(r.sum()) for c, r in bad.items()}))
         n = len(cols)
-        x = (
-            np.asarray(self.dense.transform(cols), dtype=np.float32)
-            if self.dense is not None
-            else np.zeros((n, 0), dtype=np.float32)
-        )
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = (
+                np.asarray(self.dense.transform(cols), dtype=np.float32)
+                if self.dense is not None
+                else np.zeros((n, 0), dtype=np.float32)
+            )
+        finite = np.isfinite(x)
+        if not finite.all():
+            column = int(np.flatnonzero(~finite.all(axis=0))[0])
+            name = self.dense.get_feature_names_out()[column]
+            raise DataError(
+                f"{source}: column '{name}' does not scale to finite numbers in "
+                f"{int((~finite[:, column]).sum())} row(s) (features.numeric="
+                f"{self.settings.numeric}); its values are too large or too far apart"
+            )
         if self.codes is not None:
             c = self.codes.transform(cols[self.categorical]).astype(np.int64) + 1  # 0 = unseen
         else:
@@ -202,6 +248,7 @@ class Preprocessor:
             self.dense,
             self.codes,
             tasks,
+            self.non_finite,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -217,6 +264,7 @@ class Preprocessor:
             "categorical": self.categorical,
             "settings": self.settings.model_dump(mode="json"),
             "tasks": [t.to_dict() for t in self.tasks],
+            "non_finite": self.non_finite,
         }
         (folder / JSON_FILE).write_text(json.dumps(meta, indent=1))
         sio.dump({"dense": self.dense, "codes": self.codes}, folder / SKOPS_FILE)
@@ -244,6 +292,7 @@ class Preprocessor:
             parts["dense"],
             parts["codes"],
             [task_from_dict(t) for t in meta["tasks"]],
+            meta.get("non_finite", "error"),  # saved before the setting existed
         )
 
 

@@ -44,6 +44,7 @@ from mlflow.exceptions import MlflowException
 
 from mtl_core.config import state_dir
 from mtl_core.owner import Owner
+from mtl_core.redact import redact_url
 from mtl_core.train import EpochLog
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -120,9 +121,11 @@ def start_run(
 ) -> str:
     """Create a RUNNING run (a child when ``parent_run_id`` is given); returns its id.
 
-    The run is tagged with this process as its owner (``mtl.owner.*``).
+    The run is tagged with this process as its owner (``mtl.owner.*``); URL-valued
+    tags have their credentials redacted.
     """
-    tags = {**{OWNER_TAG + k: v for k, v in Owner.current().as_dict().items()}, **(tags or {})}
+    owner = {OWNER_TAG + k: v for k, v in Owner.current().as_dict().items()}
+    tags = {**owner, **{k: redact_url(str(v)) for k, v in (tags or {}).items()}}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -166,8 +169,8 @@ def close_dead_runs(client: MlflowClient, experiment: str) -> list[Run]:
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """Log params in batches of 100 (MLflow's limit); values are stringified."""
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    """Log params in batches of 100 (MLflow's limit); values are stringified, passwords masked."""
+    items = [Param(k, redact_url(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 
@@ -183,8 +186,8 @@ def log_metrics(
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
-    """Set several tags in one call."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    """Set several tags in one call; passwords in URLs are masked."""
+    client.log_batch(run_id, tags=[RunTag(k, redact_url(str(v))[:5000]) for k, v in tags.items()])
 
 
 def end_run(client: MlflowClient, run_id: str, status: str) -> None:

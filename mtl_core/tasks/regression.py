@@ -41,8 +41,13 @@ class RegressionTask(Task):
         """A non-numeric target column is a DataError naming an offending value."""
         if not _is_numeric(values):
             present = values.dropna()
-            bad = present[pd.to_numeric(present, errors="coerce").isna()]
-            example = f", e.g. {bad.iloc[0]!r}" if len(bad) else ""
+            bad = present[pd.to_numeric(present.astype(str), errors="coerce").isna().to_numpy()]
+            example = (
+                f", e.g. {str(bad.iloc[0])[:40]!r} ({len(bad)} of {len(present)} values); list "
+                "it in data.coerce_numeric to read such values as missing labels"
+                if len(bad)
+                else ""
+            )
             raise DataError(
                 f"{source}: regression target column '{column}' (task '{name}') must be "
                 f"numeric, got {values.dtype}{example}"
@@ -67,7 +72,8 @@ class RegressionTask(Task):
 
     def decode(self, scores: np.ndarray) -> dict[str, np.ndarray]:
         """``{name}``: the value in the target's units."""
-        return {self.name: scores[:, 0] * self.std + self.mean}
+        # float64: a target with a large spread would overflow float32 on the way back.
+        return {self.name: scores[:, 0].astype(np.float64) * self.std + self.mean}
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Squared error on the standardised scale, per row."""
@@ -75,8 +81,8 @@ class RegressionTask(Task):
 
     def metrics(self, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         """RMSE, MAE and R² in the target's own units."""
-        y = y * self.std + self.mean
-        pred = scores[:, 0] * self.std + self.mean
+        y = y.astype(np.float64) * self.std + self.mean
+        pred = scores[:, 0].astype(np.float64) * self.std + self.mean
         return {
             "rmse": float(skm.root_mean_squared_error(y, pred)),
             "mae": float(skm.mean_absolute_error(y, pred)),

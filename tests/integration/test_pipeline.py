@@ -82,7 +82,7 @@ def study_of(config_path: Path):
 
 def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
     config = write_config(tmp_path)
-    result = mtl_pipeline(PipelineParams(config=str(config)))
+    result = mtl_pipeline(PipelineParams.local(config))
     client = MlflowClient(mlflow_store)
 
     parent = client.get_run(result["parent_run_id"])
@@ -152,8 +152,8 @@ def test_pipeline_end_to_end(prefect_harness, mlflow_store, tmp_path):
 
 def test_rerun_resumes_the_study(prefect_harness, mlflow_store, tmp_path):
     config = write_config(tmp_path, search={"n_trials": 3})
-    mtl_pipeline(PipelineParams(config=str(config)))
-    second = mtl_pipeline(PipelineParams(config=str(config), n_trials=5))
+    mtl_pipeline(PipelineParams.local(config))
+    second = mtl_pipeline(PipelineParams.local(config, n_trials=5))
 
     study = study_of(config)
     assert search.finished_trials(study) == 5
@@ -164,7 +164,7 @@ def test_rerun_resumes_the_study(prefect_harness, mlflow_store, tmp_path):
 
 def test_two_workers_share_one_journal_study(prefect_harness, mlflow_store, tmp_path):
     config = write_config(tmp_path, search={"n_trials": 4, "n_workers": 2})
-    result = mtl_pipeline(PipelineParams(config=str(config)))
+    result = mtl_pipeline(PipelineParams.local(config))
 
     cfg = load_config(config)
     assert search.resolve_storage(cfg.search).endswith("optuna-journal.log")
@@ -185,7 +185,7 @@ def test_all_trials_diverging_fails_the_run(prefect_harness, mlflow_store, tmp_p
         tracking={"experiment": "diverge"},
     )
     with pytest.raises(SearchError, match="no trial completed"):
-        mtl_pipeline(PipelineParams(config=str(config)))
+        mtl_pipeline(PipelineParams.local(config))
 
     client = MlflowClient(mlflow_store)
     exp = client.get_experiment_by_name("diverge")
@@ -201,7 +201,7 @@ def test_all_trials_diverging_fails_the_run(prefect_harness, mlflow_store, tmp_p
 
 def test_worse_model_does_not_take_champion(prefect_harness, mlflow_store, tmp_path):
     good = write_config(tmp_path, "good.yaml", tracking={"experiment": "promo"})
-    first = mtl_pipeline(PipelineParams(config=str(good)))
+    first = mtl_pipeline(PipelineParams.local(good))
     assert first["alias"] == "champion"
 
     # One epoch at a tiny learning rate, in a separate study: clearly worse.
@@ -212,7 +212,7 @@ def test_worse_model_does_not_take_champion(prefect_harness, mlflow_store, tmp_p
         search={"n_trials": 1, "study_name": "promo-bad", "lr": {"low": 1e-6, "high": 2e-6}},
         tracking={"experiment": "promo"},
     )
-    second = mtl_pipeline(PipelineParams(config=str(bad)))
+    second = mtl_pipeline(PipelineParams.local(bad))
     assert second["test_objective"] > first["test_objective"]
     assert second["alias"] == "challenger"
 

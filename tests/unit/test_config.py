@@ -14,8 +14,11 @@ from mtl_core.config import (
     ExperimentConfig,
     FeaturesConfig,
     apply_overrides,
+    bundled_config,
+    config_names,
     flat_params,
     load_config,
+    resolve_config_path,
     state_dir,
     validate_config,
 )
@@ -379,3 +382,170 @@ def test_flat_params_keys_are_stable(tmp_path):
 def test_state_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MTL_STATE_DIR", str(tmp_path / "st"))
     assert state_dir() == (tmp_path / "st").resolve()
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def _bomb(levels: int = 9, width: int = 9) -> str:
+    """A "billion laughs" document: each level repeats the previous one ``width`` times."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    import time
+
+    path = write(tmp_path, BASE + _bomb())
+    start = time.perf_counter()
+    msg = config_error(path)
+    assert time.perf_counter() - start < 5
+    assert str(path) in msg and "aliases expand" in msg
+    assert len(msg) < 400 and "\n" not in msg
+    # The same bomb in an override value, in YAML's flow style.
+    items = ["&b0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&b{i} [" + ", ".join([f"*b{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    msg = config_error(write(tmp_path, BASE), [f"model.hidden=[{', '.join(items)}]"])
+    assert "aliases expand" in msg and len(msg) < 400
+
+
+def test_a_few_aliases_are_fine(tmp_path):
+    text = BASE + "model: {hidden: &h [8, 8]}\nsearch: {width: *h}\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.model.hidden == [8, 8] and cfg.search.width == [8, 8]
+
+
+def test_recursive_aliases_and_deep_nesting_are_config_errors(tmp_path):
+    assert "recursive alias" in config_error(write(tmp_path, BASE + "colour: &c [*c]\n"))
+    deep = BASE + "colour: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert "invalid YAML" in config_error(write(tmp_path, deep, "deep.yaml"))
+
+
+def test_a_huge_config_file_is_refused_unread(tmp_path):
+    path = write(tmp_path, BASE + "# " + "x" * (1 << 20) + "\n")
+    assert "limit is 1 MiB" in config_error(path)
+
+
+def test_error_messages_truncate_a_huge_offending_value(tmp_path):
+    huge = "[" + ", ".join(["wide"] * 20_000) + "]"
+    msg = config_error(write(tmp_path, BASE), [f"model.hidden={huge}"])
+    assert "'model.hidden.0'" in msg and "'wide'" in msg
+    assert "more error(s)" in msg
+    assert len(msg) < 1000
+    msg = config_error(write(tmp_path, BASE), ["model.activation=" + "x" * 100_000])
+    assert len(msg) < 500
+
+
+def _number_keys(model: type, prefix: str = "") -> list[tuple[str, bool]]:
+    """Every int or float field under ``model`` as (dotted key, is a list), found by walking it."""
+    import typing
+
+    from pydantic import BaseModel
+
+    found = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        args = [info.annotation]
+        is_list = False
+        while args:
+            tp = args.pop()
+            origin = typing.get_origin(tp)
+            if origin is list:
+                is_list = True
+            if origin is not None:
+                args.extend(typing.get_args(tp))
+            elif isinstance(tp, type) and issubclass(tp, BaseModel):
+                if tp.__name__ != "TaskConfig":
+                    found += _number_keys(tp, f"{key}.")
+            elif tp in (int, float):
+                found.append((key, is_list))
+    return sorted(set(found))
+
+
+NUMBER_KEYS = _number_keys(ExperimentConfig)
+
+
+def test_every_number_key_is_found():
+    keys = {k for k, _ in NUMBER_KEYS}
+    assert {"search.n_trials", "train.epochs", "data.synthetic.n_rows", "search.lr.low"} <= keys
+    assert {"search.width", "model.hidden", "train.lr", "data.val_fraction"} <= keys
+    assert len(keys) > 40
+
+
+@pytest.mark.parametrize(("key", "is_list"), NUMBER_KEYS, ids=[k for k, _ in NUMBER_KEYS])
+def test_a_boolean_is_not_a_number(tmp_path, key, is_list):
+    path = write(
+        tmp_path,
+        BASE + "search: {l1: {low: 1.0e-6, high: 1.0e-2}, dropout: {low: 0.1, high: 0.2}}\n",
+    )
+    value = "[true]" if is_list else "true"
+    if key.startswith("loss.weights"):
+        value = "{a: true, b: 1}"
+    msg = config_error(path, [f"{key}={value}"])
+    assert key in msg and "got a boolean" in msg, msg
+
+
+def test_numbers_from_overrides_still_parse(tmp_path):
+    cfg = load_config(
+        write(tmp_path, BASE), ["search.n_trials=5", "train.lr=1e-3", "search.width=[8, 16]"]
+    )
+    assert cfg.search.n_trials == 5 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.search.width == [8, 16]
+
+
+def test_split_fractions_must_leave_half_for_training(tmp_path):
+    path = write(tmp_path, BASE)
+    msg = config_error(path, ["data.val_fraction=0.49", "data.test_fraction=0.49"])
+    assert "data.val_fraction (0.49)" in msg and "data.test_fraction (0.49)" in msg
+    assert "at most 0.5" in msg and "\n" not in msg
+    cfg = load_config(path, ["data.val_fraction=0.25", "data.test_fraction=0.25"])
+    assert cfg.data.val_fraction + cfg.data.test_fraction == 0.5
+
+
+@pytest.mark.parametrize("key", ["features", "coerce_numeric", "categorical"])
+def test_a_column_listed_twice_is_a_config_error(tmp_path, key):
+    msg = config_error(write(tmp_path, BASE), [f"data.{key}=[x0, x1, x0]"])
+    assert f"data.{key} lists ['x0'] more than once" in msg
+
+
+def test_a_column_cannot_be_both_coerced_and_categorical(tmp_path):
+    msg = config_error(write(tmp_path, BASE), ["data.coerce_numeric=[x0]", "data.categorical=[x0]"])
+    assert "both list ['x0']" in msg
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0", "cpu "])
+def test_an_unknown_device_is_a_config_error(tmp_path, device):
+    msg = config_error(write(tmp_path, BASE), [f"train.device='{device}'"])
+    assert "'train.device'" in msg and "expected 'auto', 'cpu', 'cuda' or 'cuda:N'" in msg
+
+
+def test_known_devices_validate(tmp_path):
+    for device in ("auto", "cpu", "cuda", "cuda:3"):  # cuda:3 existing is checked before a run
+        assert load_config(write(tmp_path, BASE), [f"train.device={device}"]).train.device == device
+
+
+# --------------------------------------------------------------------------- config names
+
+
+def test_a_name_never_reaches_outside_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Through configs/, these names used to reach the repository's other files.
+    for name in ("../README.md", "../pyproject.toml", "../configs/default.yaml"):
+        with pytest.raises(ConfigError, match="config file not found"):
+            resolve_config_path(name)
+        assert bundled_config(name) is None
+    assert resolve_config_path("default") == CONFIG_DIR / "default.yaml"
+    assert resolve_config_path("default.yaml") == CONFIG_DIR / "default.yaml"
+    # A bundled name wins over a file of that name in the working directory.
+    (tmp_path / "default").write_text("not: a config\n")
+    assert resolve_config_path("default") == CONFIG_DIR / "default.yaml"
+    # An explicit path is still read as given (the mtl command's route).
+    own = write(tmp_path, BASE, "own.yaml")
+    assert resolve_config_path(str(own)) == own
+
+
+def test_config_names_are_the_bundled_stems():
+    assert config_names() == [p.stem for p in CONFIGS]
+    assert all(bundled_config(n) == CONFIG_DIR / f"{n}.yaml" for n in config_names())

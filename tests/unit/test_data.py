@@ -13,6 +13,7 @@ from mtl_core.data import (
     make_synthetic,
     prepare,
     prepare_frame,
+    read_table,
 )
 from mtl_core.errors import DataError
 from mtl_core.tasks.binary import BinaryTask
@@ -422,3 +423,166 @@ def test_tasks_encode_and_decode():
     dec = binary.decode(np.array([[-2.0], [2.0]]))
     assert list(dec["sex"]) == ["female", "male"]
     assert dec["sex_proba"][1] == pytest.approx(1 / (1 + np.exp(-2.0)))
+
+
+# --------------------------------------------------------------------------- wrong results
+
+
+def test_a_repeated_column_name_is_refused_not_renamed(tmp_path, make_frame, file_config):
+    # pandas reads a second 'yb' as 'yb.1', which then leaks the label as a feature.
+    frame = make_frame(60)
+    path = tmp_path / "dup.csv"
+    frame.assign(copy=frame["yb"]).rename(columns={"copy": "yb"}).to_csv(path, index=False)
+    assert list(pd.read_csv(path).columns)[-1] == "yb.1"
+    with pytest.raises(DataError, match=r"column name\(s\) \['yb'\] appear more than once") as info:
+        prepare(file_config(path))
+    assert str(path) in str(info.value)
+
+
+def test_a_repeated_column_name_is_refused_in_parquet_and_in_memory(tmp_path, make_frame):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.table([pa.array([1, 2]), pa.array([3, 4])], names=["y", "y"]), path)
+    with pytest.raises(DataError, match=r"\['y'\] appear more than once"):
+        read_table(path)
+    frame = make_frame(60)
+    frame.columns = ["rid", "x1", "x2", "cat", "yb", "ym", "x1"]
+    with pytest.raises(DataError, match=r"mem: column name\(s\) \['x1'\]"):
+        _prepare(frame)
+
+
+def _with_strays(frame: pd.DataFrame, column: str, rows: int, value: str = "oops") -> pd.DataFrame:
+    values = frame[column].astype(object)
+    values.iloc[:rows] = value
+    return frame.assign(**{column: values})
+
+
+def test_numbers_with_a_few_stray_strings_are_refused(tmp_path, make_frame, file_config):
+    path = _write_csv(tmp_path / "d.csv", _with_strays(make_frame(200), "x2", 3, "12,5 kg"))
+    with pytest.raises(DataError) as info:
+        prepare(file_config(path))
+    msg = str(info.value)
+    assert "'x2'" in msg and "'12,5 kg'" in msg and "3 of 200 values (1.5%)" in msg
+    assert "data.coerce_numeric" in msg and "\n" not in msg
+
+
+def test_listed_columns_are_coerced_or_kept_as_categories(tmp_path, make_frame, file_config):
+    path = _write_csv(tmp_path / "d.csv", _with_strays(make_frame(200), "x2", 3))
+    coerced = prepare(file_config(path, coerce_numeric=["x2"]))
+    assert "x2" in coerced.preprocessor.numeric
+    assert sum(s.rows["x2"].isna().sum() for s in coerced.splits.values()) == 3
+    assert all(np.isfinite(s.X).all() for s in coerced.splits.values())
+    kept = prepare(file_config(path, categorical=["x2"]))
+    assert "x2" in kept.preprocessor.categorical
+    with pytest.raises(DataError, match="'x1', which holds numbers"):
+        prepare(file_config(path, categorical=["x1"]))
+
+
+def test_a_mostly_text_column_stays_categorical(tmp_path, make_frame, file_config):
+    # 'cat' with a few numeric-looking levels: under 90 % numbers, so categories.
+    frame = make_frame(200)
+    cat = frame["cat"].astype(object)
+    cat.iloc[:15] = "7"
+    path = _write_csv(tmp_path / "d.csv", frame.assign(cat=cat))
+    data = prepare(file_config(path))
+    assert "cat" in data.preprocessor.categorical
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, 1e308, -3.5e38])
+@pytest.mark.parametrize("column", ["x1", "yr"])
+def test_non_finite_values_are_refused_naming_column_and_rows(
+    tmp_path, make_frame, file_config, value, column
+):
+    frame = make_frame(200)
+    frame.loc[[3, 7], column] = value
+    path = _write_csv(tmp_path / "d.csv", frame)
+    with pytest.raises(DataError) as info:
+        prepare(file_config(path))
+    msg = str(info.value)
+    assert f"'{column}' (2 rows)" in msg and "data.non_finite: missing" in msg
+    assert str(path) in msg and "\n" not in msg
+
+
+def test_non_finite_values_can_be_read_as_missing(tmp_path, make_frame, file_config):
+    frame = make_frame(200)
+    frame.loc[[3, 7], "x1"] = np.inf
+    frame.loc[[4], "yr"] = -1e308
+    path = _write_csv(tmp_path / "d.csv", frame)
+    data = prepare(file_config(path, non_finite="missing"))
+    assert data.n_rows == 200  # the row with a bad label still trains the other tasks
+    missing_labels = sum(int(np.isnan(s.y["reg"]).sum()) for s in data.splits.values())
+    assert missing_labels == 1
+    for split in data.splits.values():
+        assert np.isfinite(split.X).all()
+        assert not np.isinf(split.y["reg"]).any()
+    assert data.preprocessor.non_finite == "missing"
+    # Rows scored later follow the same rule.
+    rows = data.splits["test"].rows.head(3).copy()
+    rows.loc[rows.index[0], "x1"] = np.inf
+    X, _ = data.preprocessor.transform(rows)
+    assert np.isfinite(X).all()
+
+
+def test_a_widely_spread_target_keeps_finite_metrics_and_predictions(make_frame):
+    frame = make_frame(200)
+    frame["yr"] = np.clip(frame["yr"], -3, 3) * 1e38  # within float32, barely
+    data = _prepare(frame)
+    reg = next(t for t in data.tasks if t.name == "reg")
+    y = data.splits["test"].y["reg"]
+    scores = (y * 0.5)[:, None]
+    assert all(np.isfinite(v) for v in reg.metrics(y, scores).values())
+    assert np.isfinite(reg.decode(scores * 2)["reg"]).all()
+
+
+def test_an_overflow_inside_the_scaler_is_caught_and_named(make_frame):
+    # A tiny spread in training turns an ordinary value at scoring time into 1e44.
+    frame = make_frame(100)
+    frame["x1"] = frame["x1"] * 1e-14
+    data = _prepare(frame)
+    rows = data.splits["test"].rows.head(4).copy()
+    rows["x1"] = 1e30
+    with pytest.raises(DataError) as info:
+        data.preprocessor.transform(rows, "new.csv")
+    msg = str(info.value)
+    assert msg.startswith("new.csv: column 'x1' does not scale to finite numbers in 4 row(s)")
+
+
+def test_a_non_finite_value_at_scoring_time_is_refused_by_default(make_frame):
+    data = _prepare(make_frame(100))
+    rows = data.splits["test"].rows.head(3).copy()
+    rows.loc[rows.index[1], "x2"] = -np.inf
+    with pytest.raises(DataError, match=r"rows.csv: column\(s\) 'x2' \(1 row\) hold inf"):
+        data.preprocessor.transform(rows, "rows.csv")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"x1;x2;yb\n1;2;0\n3;4;1\n", "looks ';'-separated"),
+        (b"x1\tx2\tyb\n1\t2\t0\n", "looks '\\t'-separated"),
+        (b"rid,x1,x2,cat,yb,ym,yr\n", "no data rows (the file has a header only)"),
+    ],
+    ids=["semicolon", "tab", "header-only"],
+)
+def test_a_misread_file_is_named(tmp_path, file_config, content, expected):
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        prepare(file_config(path))
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value)
+
+
+def test_a_task_without_labels_is_refused(tmp_path, make_frame, file_config):
+    path = _write_csv(tmp_path / "d.csv", make_frame(60).assign(yr=np.nan))
+    with pytest.raises(DataError, match=r"target column 'yr' \(task 'reg'\) has no labels"):
+        prepare(file_config(path))
+
+
+def test_a_task_needs_labels_in_every_split(tmp_path, make_frame, file_config):
+    frame = make_frame(200)
+    frame.loc[3:, "yr"] = np.nan  # three labels: some split gets none
+    path = _write_csv(tmp_path / "d.csv", frame)
+    with pytest.raises(DataError, match=r"'yr' \(task 'reg'\) has 3 labelled row\(s\), and the"):
+        prepare(file_config(path))

@@ -179,10 +179,15 @@ def _stack_env(request, monkeypatch):
 
 @pytest.fixture(scope="package")
 def tiny_config(stack) -> Path:
-    """The tiny config, by absolute path: the worker runs flows from the repository root."""
-    path = stack.dir / "tiny.yaml"
+    """The tiny config, in the repository's configs/ for the session.
+
+    A deployment runs bundled configs only (the dashboard offers configs/ as a
+    dropdown), and the worker runs flows from the repository root.
+    """
+    path = REPO / "configs" / "servers-tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
-    return path
+    yield path
+    path.unlink(missing_ok=True)
 
 
 def _away_from_now(hours: int) -> int:
@@ -239,7 +244,7 @@ def run_params(config: Path, **changes: Any) -> dict[str, Any]:
     """A whole ``params`` object, as the dashboard's form sends it."""
     from flows.params import PipelineParams
 
-    return {"params": PipelineParams(config=str(config), **changes).model_dump(mode="json")}
+    return {"params": PipelineParams(config=config.stem, **changes).model_dump(mode="json")}
 
 
 def trigger(

@@ -2,7 +2,8 @@
 
 import pytest
 
-from flows.params import PipelineParams
+from flows.params import NO_PASSWORD_PATTERN, PipelineParams
+from mtl_core.config import config_names
 
 from .conftest import REPO, run_params, trigger, wait_until
 
@@ -72,7 +73,9 @@ def test_parameters_render_as_a_typed_form(deployment, tiny_config):
     assert _bounds(props["timeout_minutes"]) == {"exclusiveMinimum": 0, "maximum": 1440}
     assert _bounds(props["epochs"]) == {"minimum": 1, "maximum": 10000}
     assert "pattern" in _bounds(props["device"])
-    assert props["overrides"]["items"] == {"type": "string"}
+    assert props["overrides"]["items"] == {"type": "string", "pattern": NO_PASSWORD_PATTERN}
+    # The config is a dropdown of the bundled configs, this session's tiny one among them.
+    assert props["config"]["enum"] == config_names() and tiny_config.stem in config_names()
     # Hand-started runs default to the config's own settings.
     assert data["parameters"] == run_params(tiny_config)
 
@@ -123,6 +126,12 @@ def test_nightly_and_weekly_schedules_are_active_with_their_own_parameters(
         ({"n_workers": 99}, "params.n_workers", "greater than the maximum of 32"),
         ({"epochs": "many"}, "params.epochs", "'many' is not valid"),
         ({"device": "tpu"}, "params.device", "'tpu' does not match"),
+        ({"config": "../../../etc/passwd"}, "params.config", "is not one of"),
+        (
+            {"overrides": ["search.storage=postgresql+psycopg2://u:pw@db/optuna"]},
+            "params.overrides[0]",
+            "does not match",
+        ),
         ({"n_trails": 5}, "params", "n_trails"),
     ],
 )
