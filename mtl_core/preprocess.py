@@ -136,7 +136,10 @@ class Preprocessor:
         parts = []
         if numeric:
             scaler = _scaler(settings.numeric, len(rows))
-            parts.append(("num", make_pipeline(SimpleImputer(strategy="median"), scaler), numeric))
+            # A column with no value in the training split (a coerced column whose few numbers
+            # all fell in other splits) stays, as zeros: dropping it would shift the columns.
+            imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+            parts.append(("num", make_pipeline(imputer, scaler), numeric))
         if categorical and not embed:
             parts.append(
                 ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)

@@ -14,6 +14,13 @@ for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE"):
 os.environ["MTL_STATE_DIR"] = tempfile.mkdtemp(prefix="mtl-test-state-")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property-based tests: `make test` replays the same 200 examples every time (derandomized), so
+# CI is repeatable; HYPOTHESIS_PROFILE=deep explores 5,000 fresh ones to hunt for new failures.
+settings.register_profile("ci", max_examples=200, derandomize=True)
+settings.register_profile("deep", max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 import flows  # noqa: E402,F401  (applies the embedded defaults for this session)
 

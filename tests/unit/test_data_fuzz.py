@@ -143,7 +143,6 @@ def _check_prepared(data) -> None:
 
 
 @settings(
-    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
