@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchjd import autojac
 
 from mtl_core.registry import Registry
 
@@ -139,6 +138,8 @@ class Aggregated(_LastWeights):
         shared: list[nn.Parameter],
     ) -> torch.Tensor:
         """Aggregate the shared Jacobian; backpropagate the sum elsewhere; return the sum."""
+        from torchjd import autojac  # imported here: the trained model never needs it
+
         values = torch.stack([losses[t] for t in self.tasks])  # (T,)
         total = values.sum() + penalty
         params = [p for p in shared if p.requires_grad]

@@ -13,8 +13,6 @@ used as is.
 
 from __future__ import annotations
 
-from torchjd.scalarization import DWA
-
 from mtl_core.weighting.base import WEIGHTINGS, Scalarized
 
 
@@ -32,6 +30,8 @@ class DynamicWeightAverage(Scalarized):
         self, tasks: list[str], weights: dict[str, float] | None = None, temperature: float = 2.0
     ) -> None:
         super().__init__(tasks, weights)
+        from torchjd.scalarization import DWA  # here: a served model never needs torchjd
+
         self.scalarizer = DWA(temperature)
 
     def epoch_end(self, epoch_losses: dict[str, float]) -> None:

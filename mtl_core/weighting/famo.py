@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchjd.scalarization import FAMO
 
 from mtl_core.weighting.base import WEIGHTINGS, Scalarized
 
@@ -48,6 +47,8 @@ class Famo(Scalarized):
     ) -> None:
         super().__init__(tasks, weights)
         # The losses are non-negative, so the paper's lower bounds (min_losses) stay 0.
+        from torchjd.scalarization import FAMO  # here: a served model never needs torchjd
+
         self.scalarizer = FAMO(len(self.tasks), lr=lr, weight_decay=decay)
 
     def after_step(self, recompute: Callable[[], dict[str, torch.Tensor]]) -> None:

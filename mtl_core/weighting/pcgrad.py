@@ -11,8 +11,6 @@ parameters and the penalty.
 
 from __future__ import annotations
 
-from torchjd.aggregation import PCGrad
-
 from mtl_core.weighting.base import WEIGHTINGS, Aggregated
 
 
@@ -22,4 +20,6 @@ class PCGradWeighting(Aggregated):
 
     def __init__(self, tasks: list[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks, weights)
+        from torchjd.aggregation import PCGrad  # here: a served model never needs torchjd
+
         self.aggregator = PCGrad()

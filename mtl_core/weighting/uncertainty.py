@@ -14,8 +14,6 @@ or noisy, counts for less.
 
 from __future__ import annotations
 
-from torchjd.scalarization import UW
-
 from mtl_core.weighting.base import WEIGHTINGS, Scalarized
 
 
@@ -30,4 +28,6 @@ class Uncertainty(Scalarized):
 
     def __init__(self, tasks: list[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(tasks, weights)
+        from torchjd.scalarization import UW  # here: a served model never needs torchjd
+
         self.scalarizer = UW(len(self.tasks))

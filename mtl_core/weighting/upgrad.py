@@ -11,7 +11,6 @@ task-specific parameters and the penalty.
 from __future__ import annotations
 
 import torch
-from torchjd.aggregation import UPGrad
 
 from mtl_core.weighting.base import WEIGHTINGS, Aggregated
 
@@ -25,4 +24,6 @@ class UPGradWeighting(Aggregated):
         # A preference of 1 per task (torchjd's default is 1/T) scales the update like the
         # sum of losses that static and PCGrad step on, so that loss.l1, loss.l2 and
         # train.grad_clip mean the same under every method.
+        from torchjd.aggregation import UPGrad  # here: a served model never needs torchjd
+
         self.aggregator = UPGrad(pref_vector=torch.ones(len(self.tasks)))

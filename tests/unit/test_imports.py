@@ -64,3 +64,26 @@ def test_training_path_imports_no_service_and_keeps_the_environment():
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["package"] == {"services": [], "environ": []}
     assert seen["training"] == {"services": [], "environ": []}
+
+
+def test_the_served_model_needs_no_training_only_package():
+    # The pyfunc model pins its pip requirements (serving._requirements); torchjd, which only
+    # the weighting methods use while training, is not among them, so loading the model's code
+    # must not import it.
+    code = (
+        "import sys; import mtl_core.integrations.serving, mtl_core.model, mtl_core.preprocess; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchjd', 'optuna', 'prefect'}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    from mtl_core.integrations.serving import _requirements
+
+    assert not any(r.startswith(("torchjd", "optuna", "prefect")) for r in _requirements())
