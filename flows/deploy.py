@@ -13,10 +13,13 @@ no registry. The deployment carries
   study that is already full.
 
 Prefect merges a schedule's or a run's parameters into the deployment's one
-top-level key at a time, so each schedule carries the whole ``params`` object.
-The server checks every run's parameters against the flow's schema
-(``enforce_parameter_schema``) and refuses a bad value, naming the field,
-before a worker picks the run up.
+top-level key at a time, so each schedule carries the whole ``params`` object, and
+the flow merges a run's partial ``params`` into the deployment's field by field
+(``flows.pipeline.merge_with_deployment``). The server checks every run's
+parameters against the flow's schema (``enforce_parameter_schema``) and refuses a
+bad value, naming the field, before a worker picks the run up; the schema also
+refuses unknown top-level keys (``additionalProperties: false``, which Prefect's
+generated schema lacks), so ``{"parms": ...}`` is refused instead of failing at start.
 
 :func:`deploy_scoring` deploys the ``mtl-score`` flow the same way, under the same name
 and on the same pool, with a daily schedule of its own and the typed scoring form.
@@ -97,6 +100,26 @@ def _check_server(api_url: str, work_pool: str) -> None:
         )
     if resp.status_code >= 400:
         raise ConfigError(f"PREFECT_API_URL {api_url}: GET work pool answered {resp.status_code}")
+
+
+def refuse_unknown_parameters(deployment_id: UUID) -> None:
+    """Make the server refuse a run whose parameters have a key the flow does not take.
+
+    Prefect's generated schema lists the flow's parameters but lets others through,
+    and such a run fails only when it starts. With ``additionalProperties: false``
+    the server's own check (``enforce_parameter_schema``) refuses it with HTTP 409,
+    naming the key, before a run exists.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with get_client(sync_client=True) as client:
+        schema = dict(client.read_deployment(deployment_id).parameter_openapi_schema or {})
+        if schema.get("additionalProperties") is not False:
+            schema["additionalProperties"] = False
+            client.update_deployment(
+                deployment_id, DeploymentUpdate(parameter_openapi_schema=schema)
+            )
 
 
 def deploy(
@@ -180,6 +203,7 @@ def deploy(
         ignore_warnings=True,  # a process pool without an image is what we want
         print_next_steps=False,
     )
+    refuse_unknown_parameters(dep_id)
     ui = PREFECT_UI_URL.value()
     return Deployed(
         id=dep_id,
@@ -286,6 +310,7 @@ def deploy_scoring(
         ignore_warnings=True,
         print_next_steps=False,
     )
+    refuse_unknown_parameters(dep_id)
     ui = PREFECT_UI_URL.value()
     return Deployed(
         id=dep_id,

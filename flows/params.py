@@ -78,6 +78,16 @@ class PipelineParams(BaseModel):
         }
         return [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(self.overrides)
 
+    @classmethod
+    def merged(cls, deployment: dict[str, Any], sent: dict[str, Any]) -> PipelineParams:
+        """A deployment's ``params`` with the fields a run ``sent`` replacing theirs.
+
+        Prefect merges a run's parameters into its deployment's one top-level key at a
+        time, so a run that sends ``{"params": {"n_trials": 5}}`` arrives with every
+        other field at the model's default; the flow merges again, field by field.
+        """
+        return cls(**{**deployment, **sent})
+
 
 class ScoreParams(BaseModel):
     """What a person or a schedule may choose for one run of ``mtl-score``."""

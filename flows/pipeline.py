@@ -452,6 +452,33 @@ def mark_failed(parent: ParentRun, error: BaseException) -> None:
 # --------------------------------------------------------------------------- the flow
 
 
+def merge_with_deployment(params: PipelineParams) -> PipelineParams:
+    """A deployment's run: the deployment's ``params`` with the fields the run sent.
+
+    Prefect merges a run's parameters into the deployment's one top-level key at a
+    time, so a REST call sending ``{"params": {"n_trials": 5}}`` would run with every
+    other field at its default (the config ``default``, not the deployment's). The
+    fields the caller sent are the keys of the run's stored ``params``; the others
+    come from the deployment. A run that sent the whole object (the dashboard, a
+    schedule) is unchanged.
+    """
+    ctx = get_run_context()
+    run = ctx.flow_run  # as the API stored it: the raw parameters
+    if run is None or run.deployment_id is None:
+        return params
+    sent = (run.parameters or {}).get("params")
+    if not isinstance(sent, dict) or set(sent) >= set(PipelineParams.model_fields):
+        return params
+    base = (ctx.client.read_deployment(run.deployment_id).parameters or {}).get("params")
+    merged = PipelineParams.merged(base or {}, sent)
+    print(
+        "parameters: the deployment's, with "
+        + (", ".join(f"{k}={sent[k]!r}" for k in sorted(sent)) or "nothing")
+        + " from this run"
+    )
+    return merged
+
+
 def tune(
     cfg: ExperimentConfig, data: PreparedData, parent: ParentRun, locks: Locks
 ) -> optuna.Study:
@@ -515,6 +542,7 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
             workers, epochs, seed, device, overrides); empty fields keep the config's.
     """
     debris.label_flow_run()  # first: a later run can then tell whether this process died
+    params = merge_with_deployment(params)
     locks = Locks.for_this_run()
     cfg, config_file = load_experiment(params)
     close_debris(cfg)

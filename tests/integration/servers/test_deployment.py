@@ -53,6 +53,7 @@ def test_parameters_render_as_a_typed_form(deployment, tiny_config):
     ]  # the worker runs flows from the repository root
     schema = data["parameter_openapi_schema"]
     assert list(schema["properties"]) == ["params"]
+    assert schema["additionalProperties"] is False  # an unknown top-level key is refused
     outer = schema["properties"]["params"]
     assert outer["description"]  # from the flow's docstring
     form = _resolve(schema, outer)
@@ -140,3 +141,15 @@ def test_invalid_parameters_are_refused_naming_the_field(
         "POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}}
     ).json()
     assert runs == []  # refused before a run existed
+
+
+def test_an_unknown_top_level_key_is_refused_before_a_run_exists(stack, deployment):
+    name = "servers-invalid-parms"
+    resp = trigger(stack, deployment, name, {"parms": {"n_trials": 5}})
+    assert resp.status_code == 409, resp.text
+    detail = resp.json()["detail"]
+    assert "'parms' was unexpected" in detail, detail
+    runs = stack.prefect(
+        "POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}}
+    ).json()
+    assert runs == []
