@@ -151,6 +151,16 @@ def redact(url: str) -> str:
 _SERVER_STORAGES: dict[tuple[int, str], optuna.storages.RDBStorage] = {}
 
 
+def _forget_inherited_storages() -> None:
+    """In a forked child: drop the parent's pools without closing the parent's connections."""
+    for storage in _SERVER_STORAGES.values():
+        storage.engine.dispose(close=False)
+    _SERVER_STORAGES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_storages)
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Open a storage URL: a journal file path (``*.log``) or any SQLAlchemy RDB URL.
 
@@ -173,7 +183,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if "://" not in url:
         raise ConfigError(f"search.storage '{url}': expected a *.log journal file or an RDB URL")
     if is_server_storage(url):
-        key = (os.getpid(), url)  # a forked child opens its own connections
+        key = (os.getpid(), url)
         if key not in _SERVER_STORAGES:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -666,14 +676,15 @@ def run_worker(
 ) -> int:
     """Run up to ``n_trials`` trials of the stored study in this process.
 
-    Before each trial the worker closes stale trials (:func:`close_stale_trials`)
-    and claims the trial only while the study holds fewer than
+    The worker claims each trial only while the study holds fewer than
     ``cfg.search.n_trials`` trials that count or run, so that the study ends with
     exactly that many trials that ran to an outcome however many processes share
-    it. ``claim`` makes that check and the trial's creation atomic across processes
-    (a file lock, or a Prefect concurrency slot); without it, two processes that
-    check at the same moment may both take the last trial. The trial records its
-    owner and the claim is released as soon as the trial runs.
+    it; when the study holds that many, stale trials (:func:`close_stale_trials`)
+    are closed first and their places taken. ``claim`` makes that check and the
+    trial's creation atomic across processes (a file lock, or a Prefect concurrency
+    slot); without it, two processes that check at the same moment may both take
+    the last trial. The claim is released as soon as the trial exists, and the
+    trial then records its owner.
 
     Failed trials (any exception) are recorded with their reason and do not
     stop the worker. If the worker is interrupted (KeyboardInterrupt, a signal
@@ -767,14 +778,18 @@ def run_trials(
         while len(ran) < n_trials and not (deadline and time.monotonic() >= deadline):
             with contextlib.ExitStack() as held:
                 held.enter_context(claim())
-                close_stale_trials(study)
                 full = _claimed(study) >= total
+                if full and close_stale_trials(study):  # only a full study needs their slots
+                    full = _claimed(study) >= total
                 if not full:
 
                     def started(trial: optuna.Trial, held=held) -> None:
+                        # The trial exists and counts: the next claim may proceed. Stamping it
+                        # is left outside the claim (each write is a commit); a process that
+                        # dies in between leaves a trial without owner, closed 2 minutes on.
+                        held.close()
                         for key, value in stamp.items():
                             trial.set_user_attr(key, value)
-                        held.close()  # the trial exists and is owned: the next claim may proceed
 
                     study.optimize(
                         lambda trial, started=started: objective(trial, started),
@@ -1003,9 +1018,10 @@ def run_batch(
     not yet told is closed, so none stays RUNNING: as interrupted (not counting
     toward ``n_trials``) when the process is being stopped, as FAIL otherwise.
 
-    The trials are asked under ``claim``, after closing stale trials, and only as
-    many as keep the study within ``cfg.search.n_trials`` trials that count or run,
-    as :func:`run_worker` does for single trials. Each trial gets ``labels`` as user attrs.
+    The trials are asked under ``claim``, only as many as keep the study within
+    ``cfg.search.n_trials`` trials that count or run (closing stale trials when that
+    is fewer than ``n``), as :func:`run_worker` does for single trials. Each trial
+    gets ``labels`` as user attrs.
     """
     runs: list[_TrialRun] = []
     live: list[_TrialRun] = []
@@ -1015,8 +1031,10 @@ def run_batch(
         with contextlib.ExitStack() as beats:
             # The claim covers asking the batch: its trials count once they exist and are owned.
             with (claim or contextlib.nullcontext)():
-                close_stale_trials(study)
-                n = min(n, cfg.search.n_trials - _claimed(study))
+                free = cfg.search.n_trials - _claimed(study)
+                if free < n and close_stale_trials(study):  # their slots are needed
+                    free = cfg.search.n_trials - _claimed(study)
+                n = min(n, free)
                 while len(runs) < n:
                     run = _TrialRun(_ask(study, beats, stamp))
                     runs.append(run)
