@@ -73,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = PipelineParams(config=args.config, overrides=args.set or [])
     cfg = load_config(params.config, params.config_overrides())
     load_frame(cfg.data)  # a missing or unreadable file fails here, before any run exists
+    if cfg.search.executor == "pool":
+        from flows.pool import check_pool_mode
+
+        check_pool_mode(cfg)
 
     from prefect.exceptions import TerminationSignal
 
@@ -234,6 +238,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     print(
         f"run by hand: prefect deployment run '{out.name}'"
         + (f", or Run at {out.url}" if out.url else "")
+    )
+    print(
+        f"deployment {out.worker} on work pool '{out.work_pool}': search workers of "
+        "runs with search.executor=pool"
     )
     scoring = deploy_scoring(
         args.config,

@@ -21,6 +21,10 @@ bad value, naming the field, before a worker picks the run up; the schema also
 refuses unknown top-level keys (``additionalProperties: false``, which Prefect's
 generated schema lacks), so ``{"parms": ...}`` is refused instead of failing at start.
 
+Next to the pipeline's, :func:`deploy` creates the trial-worker deployment
+``mtl-trial-worker/<name>`` on the same pool, which pool-mode runs
+(``search.executor: pool``) start their search workers from (:mod:`flows.pool`).
+
 :func:`deploy_scoring` deploys the ``mtl-score`` flow the same way, under the same name
 and on the same pool, with a daily schedule of its own and the typed scoring form.
 """
@@ -61,6 +65,8 @@ WEEKLY = SchedulePlan("weekly", "0 4 * * 6", {"n_trials": 100, "n_workers": 2, "
 SCORING = SchedulePlan("daily", "0 6 * * *")
 SCORE_ENTRYPOINT = "flows/score.py:mtl_score"
 SCORE_FLOW_NAME = "mtl-score"
+WORKER_ENTRYPOINT = "flows/trial_worker.py:mtl_trial_worker"
+WORKER_FLOW_NAME = "mtl-trial-worker"  # flows.pool.WORKER_FLOW (not imported: it pulls in Prefect)
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Deployed:
     parameters: dict[str, Any]
     schedules: dict[str, tuple[str, dict[str, Any]]]  # slug -> (cron, params)
     url: str | None
+    worker: str | None = None  # the trial-worker deployment made next to it
 
 
 def _params(base: dict[str, Any], changes: dict[str, Any], what: str) -> dict[str, Any]:
@@ -204,6 +211,22 @@ def deploy(
         print_next_steps=False,
     )
     refuse_unknown_parameters(dep_id)
+    # Pool-mode runs of this deployment start their search workers from this one; it has
+    # no schedule and no limit of its own (the pool's limit caps the workers).
+    worker = flow.from_source(source=str(PROJECT_DIR), entrypoint=WORKER_ENTRYPOINT)
+    worker_id = worker.deploy(
+        name=dep_name,
+        work_pool_name=pool,
+        description=(
+            f"A search worker of a pool-mode run of {FLOW_NAME}/{dep_name} "
+            "(search.executor: pool); started by the run itself, not by hand."
+        ),
+        tags=["mtl", "trial-worker"],
+        enforce_parameter_schema=True,
+        ignore_warnings=True,
+        print_next_steps=False,
+    )
+    refuse_unknown_parameters(worker_id)
     ui = PREFECT_UI_URL.value()
     return Deployed(
         id=dep_id,
@@ -212,6 +235,7 @@ def deploy(
         parameters=base,
         schedules=plans,
         url=f"{ui}/deployments/deployment/{dep_id}" if ui else None,
+        worker=f"{WORKER_FLOW_NAME}/{dep_name}",
     )
 
 
