@@ -683,8 +683,8 @@ def run_worker(
     are closed first and their places taken. ``claim`` makes that check and the
     trial's creation atomic across processes (a file lock, or a Prefect concurrency
     slot); without it, two processes that check at the same moment may both take
-    the last trial. The claim is released as soon as the trial exists, and the
-    trial then records its owner.
+    the last trial. The claim is released as soon as the trial exists and records
+    its owner; its labels are written after.
 
     Failed trials (any exception) are recorded with their reason and do not
     stop the worker. If the worker is interrupted (KeyboardInterrupt, a signal
@@ -768,7 +768,7 @@ def run_trials(
     :func:`run_worker`'s. Returns the number of trials this process ran.
     """
     claim = claim or contextlib.nullcontext
-    stamp = {OWNER_ATTR: Owner.current().as_dict(), **(labels or {})}
+    owner = Owner.current().as_dict()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran: list[int] = []  # trials of this worker only; others may share the study
     callbacks = [lambda study, trial: ran.append(trial.number)]
@@ -784,11 +784,12 @@ def run_trials(
                 if not full:
 
                     def started(trial: optuna.Trial, held=held) -> None:
-                        # The trial exists and counts: the next claim may proceed. Stamping it
-                        # is left outside the claim (each write is a commit); a process that
-                        # dies in between leaves a trial without owner, closed 2 minutes on.
+                        # Owned, the trial counts and can be closed if this process dies: the
+                        # next claim may proceed. Labels are written after (each write is a
+                        # commit, and the claim serialises every worker of the study).
+                        trial.set_user_attr(OWNER_ATTR, owner)
                         held.close()
-                        for key, value in stamp.items():
+                        for key, value in (labels or {}).items():
                             trial.set_user_attr(key, value)
 
                     study.optimize(
