@@ -85,6 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise params_error(exc, "mtl run") from None
     cfg = load_config(params.config, params.config_overrides())
     check_run(cfg)  # data, device, names and servers: before any run, study or store exists
+    if cfg.search.executor == "pool":
+        from flows.pool import check_pool_mode
+
+        check_pool_mode(cfg)
 
     from prefect.exceptions import TerminationSignal
 
@@ -258,6 +262,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     print(
         f"run by hand: prefect deployment run '{out.name}'"
         + (f", or Run at {out.url}" if out.url else "")
+    )
+    print(
+        f"deployment {out.worker} on work pool '{out.work_pool}': search workers of "
+        "runs with search.executor=pool"
     )
     scoring = deploy_scoring(
         args.config,

@@ -65,13 +65,19 @@ def crash_dead_flow_runs(flow_name: str) -> int:
             continue
         message = f"{owner.describe()} ended without finishing this flow run; closed by {me}"
         client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-        tasks = client.read_task_runs(
-            task_run_filter=TaskRunFilter(
-                flow_run_id=TaskRunFilterFlowRunId(any_=[run.id]),
-                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED)),
-            )
-        )
-        for task_run in tasks:
-            client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+        crash_task_runs(client, run.id, message)
         crashed += 1
     return crashed
+
+
+def crash_task_runs(client, flow_run_id, message: str) -> int:
+    """Set the unfinished task runs of a flow run that ended CRASHED too; returns how many."""
+    tasks = client.read_task_runs(
+        task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED)),
+        )
+    )
+    for task_run in tasks:
+        client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+    return len(tasks)

@@ -13,10 +13,17 @@ no registry. The deployment carries
   study that is already full.
 
 Prefect merges a schedule's or a run's parameters into the deployment's one
-top-level key at a time, so each schedule carries the whole ``params`` object.
-The server checks every run's parameters against the flow's schema
-(``enforce_parameter_schema``) and refuses a bad value, naming the field,
-before a worker picks the run up.
+top-level key at a time, so each schedule carries the whole ``params`` object, and
+the flow merges a run's partial ``params`` into the deployment's field by field
+(``flows.pipeline.merge_with_deployment``). The server checks every run's
+parameters against the flow's schema (``enforce_parameter_schema``) and refuses a
+bad value, naming the field, before a worker picks the run up; the schema also
+refuses unknown top-level keys (``additionalProperties: false``, which Prefect's
+generated schema lacks), so ``{"parms": ...}`` is refused instead of failing at start.
+
+Next to the pipeline's, :func:`deploy` creates the trial-worker deployment
+``mtl-trial-worker/<name>`` on the same pool, which pool-mode runs
+(``search.executor: pool``) start their search workers from (:mod:`flows.pool`).
 
 :func:`deploy_scoring` deploys the ``mtl-score`` flow the same way, under the same name
 and on the same pool, with a daily schedule of its own and the typed scoring form.
@@ -58,6 +65,8 @@ WEEKLY = SchedulePlan("weekly", "0 4 * * 6", {"n_trials": 100, "n_workers": 2, "
 SCORING = SchedulePlan("daily", "0 6 * * *")
 SCORE_ENTRYPOINT = "flows/score.py:mtl_score"
 SCORE_FLOW_NAME = "mtl-score"
+WORKER_ENTRYPOINT = "flows/trial_worker.py:mtl_trial_worker"
+WORKER_FLOW_NAME = "mtl-trial-worker"  # flows.pool.WORKER_FLOW (not imported: it pulls in Prefect)
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Deployed:
     parameters: dict[str, Any]
     schedules: dict[str, tuple[str, dict[str, Any]]]  # slug -> (cron, params)
     url: str | None
+    worker: str | None = None  # the trial-worker deployment made next to it
 
 
 def _params(base: dict[str, Any], changes: dict[str, Any], what: str) -> dict[str, Any]:
@@ -112,6 +122,26 @@ def _check_server(api_url: str, work_pool: str) -> None:
         )
     if resp.status_code >= 400:
         raise ConfigError(f"PREFECT_API_URL {api_url}: GET work pool answered {resp.status_code}")
+
+
+def refuse_unknown_parameters(deployment_id: UUID) -> None:
+    """Make the server refuse a run whose parameters have a key the flow does not take.
+
+    Prefect's generated schema lists the flow's parameters but lets others through,
+    and such a run fails only when it starts. With ``additionalProperties: false``
+    the server's own check (``enforce_parameter_schema``) refuses it with HTTP 409,
+    naming the key, before a run exists.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with get_client(sync_client=True) as client:
+        schema = dict(client.read_deployment(deployment_id).parameter_openapi_schema or {})
+        if schema.get("additionalProperties") is not False:
+            schema["additionalProperties"] = False
+            client.update_deployment(
+                deployment_id, DeploymentUpdate(parameter_openapi_schema=schema)
+            )
 
 
 def deploy(
@@ -193,6 +223,23 @@ def deploy(
         ignore_warnings=True,  # a process pool without an image is what we want
         print_next_steps=False,
     )
+    refuse_unknown_parameters(dep_id)
+    # Pool-mode runs of this deployment start their search workers from this one; it has
+    # no schedule and no limit of its own (the pool's limit caps the workers).
+    worker = flow.from_source(source=str(PROJECT_DIR), entrypoint=WORKER_ENTRYPOINT)
+    worker_id = worker.deploy(
+        name=dep_name,
+        work_pool_name=pool,
+        description=(
+            f"A search worker of a pool-mode run of {FLOW_NAME}/{dep_name} "
+            "(search.executor: pool); started by the run itself, not by hand."
+        ),
+        tags=["mtl", "trial-worker"],
+        enforce_parameter_schema=True,
+        ignore_warnings=True,
+        print_next_steps=False,
+    )
+    refuse_unknown_parameters(worker_id)
     ui = PREFECT_UI_URL.value()
     return Deployed(
         id=dep_id,
@@ -201,6 +248,7 @@ def deploy(
         parameters=base,
         schedules=plans,
         url=f"{ui}/deployments/deployment/{dep_id}" if ui else None,
+        worker=f"{WORKER_FLOW_NAME}/{dep_name}",
     )
 
 
@@ -299,6 +347,7 @@ def deploy_scoring(
         ignore_warnings=True,
         print_next_steps=False,
     )
+    refuse_unknown_parameters(dep_id)
     ui = PREFECT_UI_URL.value()
     return Deployed(
         id=dep_id,

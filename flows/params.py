@@ -25,7 +25,7 @@ since Prefect stores parameters in clear text.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -83,6 +83,11 @@ class PipelineParams(BaseModel):
     n_workers: Int | None = Field(
         None, ge=1, le=32, description="Parallel search workers on one stored study."
     )
+    executor: Literal["local", "pool"] | None = Field(
+        None,
+        description="Where the search workers run: 'local' (processes of this run) or 'pool' "
+        "(trial-worker flow runs on the work pool, any machine); empty = the config's.",
+    )
     epochs: Int | None = Field(None, ge=1, le=10000, description="Training epochs per model.")
     seed: Int | None = Field(
         None, ge=0, le=2**31 - 1, description="Seed for the sampler, model init and shuffling."
@@ -139,12 +144,48 @@ class PipelineParams(BaseModel):
             "search.n_trials": self.n_trials,
             "search.timeout_minutes": self.timeout_minutes,
             "search.n_workers": self.n_workers,
+            "search.executor": self.executor,
             "train.epochs": self.epochs,
             "train.seed": self.seed,
             "search.seed": self.seed,
             "train.device": self.device,
         }
         return [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(self.overrides)
+
+    @classmethod
+    def merged(cls, deployment: dict[str, Any], sent: dict[str, Any]) -> PipelineParams:
+        """A deployment's ``params`` with the fields a run ``sent`` replacing theirs.
+
+        Prefect merges a run's parameters into its deployment's one top-level key at a
+        time, so a run that sends ``{"params": {"n_trials": 5}}`` arrives with every
+        other field at the model's default; the flow merges again, field by field.
+        """
+        return cls(**{**deployment, **sent})
+
+
+class TrialWorkerParams(BaseModel):
+    """What a pool-mode run gives each of its trial workers (the ``mtl-trial-worker`` flow).
+
+    Filled in by the pipeline, not by people. No secret travels here: each worker
+    reads the Optuna storage and the tracking server from its own environment.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_number_fields)
+
+    config: dict[str, Any] = Field(description="The run's experiment config, resolved.")
+    experiment_id: str = Field(min_length=1, description="MLflow experiment of the run.")
+    parent_run_id: str = Field(min_length=1, description="MLflow parent run of the trials.")
+    parent_flow_run_id: str | None = Field(
+        None, description="The pipeline's flow run; the worker stops when it has ended."
+    )
+    data_fingerprint: str = Field(
+        min_length=1, description="Fingerprint of the run's data; the worker checks its own."
+    )
+    lock_key: str = Field(min_length=1, description="Key of the study's trial-claim lock.")
+    worker: int = Field(0, ge=0, description="This worker's number within its run.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Torch threads of the worker; empty = torch's default."
+    )
 
 
 def params_error(exc: ValidationError, what: str) -> ConfigError:

@@ -10,6 +10,10 @@ under locks (:mod:`flows.locks`). Each run first closes what dead processes
 left of its experiment (MLflow runs, Optuna trials, unpromoted versions, Prefect
 flow runs), and a stopped run (SIGTERM, Ctrl-C) marks its MLflow run KILLED and
 stops its workers (:mod:`flows.shutdown`).
+
+The search runs in worker processes of the run (``search.executor: local``) or
+in trial-worker flow runs on the work pool (``pool``, :mod:`flows.pool`; the
+worker flow is :mod:`flows.trial_worker`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +43,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner
 
 import flows  # noqa: F401  (applies the embedded defaults before Prefect reads settings)
-from flows import debris, shutdown
+from flows import debris, pool, shutdown
 from flows.locks import Locks
 from flows.params import PipelineParams
 from mtl_core.baselines import BaselineResult, single_task_baselines
@@ -93,6 +98,7 @@ def load_experiment(params: PipelineParams) -> tuple[ExperimentConfig, str]:
     """Resolve and validate the config with the run's overrides."""
     path = resolve_config_path(params.config)
     cfg = load_config(path, params.config_overrides())
+    pool.check_pool_mode(cfg)  # before any run or study exists
     if params.new_study:  # a study per run: a schedule's next run must not find it full
         study = f"{search.study_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         cfg = load_config(path, [*params.config_overrides(), f"search.study_name={study}"])
@@ -161,7 +167,8 @@ def close_debris(cfg: ExperimentConfig) -> dict[str, int]:
         "trial run": sum(tracking.PARENT_TAG in r.data.tags for r in runs),
         "trial": len(search.close_stale_trials(study)),
         "model version": len(versions),
-        "flow run": debris.crash_dead_flow_runs("mtl-pipeline"),
+        "flow run": debris.crash_dead_flow_runs("mtl-pipeline")
+        + debris.crash_dead_flow_runs(pool.WORKER_FLOW),
     }
     if any(found.values()):
         print(
@@ -203,6 +210,11 @@ def start_parent_run(cfg: ExperimentConfig, data: PreparedData, config_file: str
     return ParentRun(exp_id, run_id, _run_url(client.tracking_uri, exp_id, run_id))
 
 
+def lock_key(cfg: ExperimentConfig, storage_url: str) -> str:
+    """The study's claim-lock key: its name and a hash of its storage (no password in it)."""
+    return f"{search.study_name(cfg)}-{hashlib.sha256(storage_url.encode()).hexdigest()[:12]}"
+
+
 @task(name="search-worker", cache_policy=NO_CACHE)
 def search_worker(
     cfg: ExperimentConfig,
@@ -212,11 +224,18 @@ def search_worker(
     parent: ParentRun,
     locks: Locks,
     torch_threads: int | None = None,
+    claim_key: str | None = None,
+    labels: dict[str, str] | None = None,
+    until_full: bool = False,
+    stop_when: Callable[[], bool] | None = None,
 ) -> int:
     """Run this worker's share of trials; each trial is a child run of ``parent``.
 
     Trials are claimed under the study's lock, so that ``n_trials`` holds across
-    every process searching the study.
+    every process searching the study. A trial worker of a work pool passes the
+    run's ``claim_key`` (its storage URL may be spelled differently on its host),
+    ``labels`` that name its flow run on each trial and trial run, ``until_full``
+    (see ``search.run_worker``), and ``stop_when`` its pipeline run has ended.
     """
     client = tracking.get_client()
     base = {k: v for k, v in flat_params(cfg).items() if not k.startswith("tasks.")}
@@ -226,7 +245,13 @@ def search_worker(
     def trial_logger(number: int, params: dict[str, Any]) -> tracking.MlflowTrialLogger:
         try:
             return tracking.MlflowTrialLogger(
-                client, parent.experiment_id, parent.run_id, number, params, base_params=base
+                client,
+                parent.experiment_id,
+                parent.run_id,
+                number,
+                params,
+                base_params=base,
+                tags=labels,
             )
         except Exception as exc:
             unreachable.append(f"{type(exc).__name__}: {exc}")
@@ -249,8 +274,7 @@ def search_worker(
             unreachable.append(log_error)
             print(f"trial {trial.number} could not be recorded in MLflow ({log_error})")
 
-    # The study's lock key: its name and a hash of its storage (no password in a file name).
-    key = f"{search.study_name(cfg)}-{hashlib.sha256(storage_url.encode()).hexdigest()[:12]}"
+    key = claim_key or lock_key(cfg, storage_url)
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
     ran = search.run_worker(
         cfg,
@@ -264,7 +288,9 @@ def search_worker(
         torch_threads,
         claim=lambda: locks.hold("trials", key),
         # Trials that cannot be recorded are wasted: stop instead of failing them one by one.
-        should_stop=lambda: bool(unreachable),
+        should_stop=lambda: bool(unreachable) or bool(stop_when and stop_when()),
+        until_full=until_full,
+        labels=labels,
     )
     if unreachable:
         raise MTLError(f"search stopped: the tracking server did not answer ({unreachable[0]})")
@@ -452,24 +478,67 @@ def mark_failed(parent: ParentRun, error: BaseException) -> None:
 # --------------------------------------------------------------------------- the flow
 
 
+def merge_with_deployment(params: PipelineParams) -> PipelineParams:
+    """A deployment's run: the deployment's ``params`` with the fields the run sent.
+
+    Prefect merges a run's parameters into the deployment's one top-level key at a
+    time, so a REST call sending ``{"params": {"n_trials": 5}}`` would run with every
+    other field at its default (the config ``default``, not the deployment's). The
+    fields the caller sent are the keys of the run's stored ``params``; the others
+    come from the deployment. A run that sent the whole object (the dashboard, a
+    schedule) is unchanged.
+    """
+    ctx = get_run_context()
+    run = ctx.flow_run  # as the API stored it: the raw parameters
+    if run is None or run.deployment_id is None:
+        return params
+    sent = (run.parameters or {}).get("params")
+    if not isinstance(sent, dict) or set(sent) >= set(PipelineParams.model_fields):
+        return params
+    base = (ctx.client.read_deployment(run.deployment_id).parameters or {}).get("params")
+    merged = PipelineParams.merged(base or {}, sent)
+    print(
+        "parameters: the deployment's, with "
+        + (", ".join(f"{k}={sent[k]!r}" for k in sorted(sent)) or "nothing")
+        + " from this run"
+    )
+    return merged
+
+
 def tune(
-    cfg: ExperimentConfig, data: PreparedData, parent: ParentRun, locks: Locks
+    cfg: ExperimentConfig, data: PreparedData, parent: ParentRun, locks: Locks, config_file: str
 ) -> optuna.Study:
-    """Run the search until the study holds ``n_trials`` finished trials; returns the study."""
+    """Run the search until the study holds ``n_trials`` finished trials; returns the study.
+
+    The workers are processes of this run, or trial-worker flow runs on the work pool
+    (``search.executor: pool``, :func:`flows.pool.run_on_pool`).
+    """
+    fingerprint = data.fingerprint
     storage_url = search.resolve_storage(cfg.search)
     study = search.open_study(cfg, storage_url)  # created once, before any worker starts
     remaining = max(0, cfg.search.n_trials - search.finished_trials(study))
     shares = [n for n in search.split_trials(remaining, cfg.search.n_workers) if n > 0]
     logger = get_run_logger()
-    shown = redact_url(storage_url)  # no password in logs
     batches = f", {cfg.search.population} at a time" if cfg.search.population > 1 else ""
     if cfg.search.cv_folds > 1:
         batches += f", each on {cfg.search.cv_folds} folds"
+    where = " on the work pool" if cfg.search.executor == "pool" else ""
     logger.info(
-        f"study '{study.study_name}' at {shown}: {remaining} trial(s) to run "
-        f"on {len(shares)} worker(s){batches}"
+        f"study '{study.study_name}' at {redact_url(storage_url)}: {remaining} trial(s) to "
+        f"run on {len(shares)} worker(s){where}{batches}"
     )
-    if len(shares) == 1:
+    if cfg.search.executor == "pool" and shares:
+        run = pool.PoolSearch(
+            cfg,
+            storage_url,
+            parent.experiment_id,
+            parent.run_id,
+            fingerprint,
+            lock_key(cfg, storage_url),
+            config_file,
+        )
+        pool.run_on_pool(run, logger.info)
+    elif len(shares) == 1:
         search_worker(cfg, data, storage_url, shares[0], parent, locks)
     elif shares:
         threads = max(1, (os.cpu_count() or 1) // len(shares))
@@ -515,13 +584,14 @@ def mtl_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:  
             workers, epochs, seed, device, overrides); empty fields keep the config's.
     """
     debris.label_flow_run()  # first: a later run can then tell whether this process died
+    params = merge_with_deployment(params)
     locks = Locks.for_this_run()
     cfg, config_file = load_experiment(params)
     close_debris(cfg)
     data = prepare_data(cfg.data, cfg.features)
     parent = start_parent_run(cfg, data, config_file)
     try:
-        study = tune(cfg, data, parent, locks)
+        study = tune(cfg, data, parent, locks, config_file)
         best = search.best_trial(study)
         best_cfg = search.apply_params(cfg, best.user_attrs["params"])
         best_data = data.with_features(best_cfg.features)  # the best trial's representation

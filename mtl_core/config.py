@@ -308,6 +308,22 @@ class SearchConfig(_Strict):
     n_trials: Int = Field(20, ge=1, description="Finished trials the study should hold.")
     timeout_minutes: Float | None = Field(None, gt=0)
     n_workers: Int = Field(1, ge=1, le=64)
+    executor: Literal["local", "pool"] = Field(
+        "local",
+        description="Where the workers run: 'local' (processes of this run) or 'pool' "
+        "(trial-worker flow runs on a Prefect work pool, sharing a database study).",
+    )
+    worker_deployment: str | None = Field(
+        None,
+        description="Pool mode: the trial-worker deployment, 'flow/name'; default "
+        "'mtl-trial-worker/<this run's deployment name, else the config's file stem>'.",
+    )
+    worker_threads: Int | None = Field(
+        None, ge=1, description="Pool mode: torch threads of each trial worker; default torch's."
+    )
+    pool_wait_minutes: Float = Field(
+        120, gt=0, description="Pool mode: the longest the run waits for its trial workers."
+    )
     storage: str | None = Field(None, description="Optuna storage URL or journal file.")
     study_name: str | None = None
     sampler: Literal["tpe", "random"] = "tpe"

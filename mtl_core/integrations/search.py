@@ -18,6 +18,9 @@ claims its next trial only while the study holds fewer finished or running
 trials than that, under a lock the caller provides. Each trial records its
 owner (host, pid, start time), so a trial whose process died is found and
 closed as failed, with the reason, and does not count toward ``n_trials``.
+A worker asked to run ``until_full`` (the trial workers of a work pool) waits
+while other processes' trials fill the study, and takes over the trials of
+those that died, so the study still ends with exactly ``n_trials``.
 
 Logging is injected: ``run_worker`` takes a factory of :class:`TrialLogger`,
 which the pipeline implements with MLflow, so this module stays server-free.
@@ -61,6 +64,7 @@ from mtl_core.errors import ConfigError, MTLError, SearchError
 from mtl_core.metrics import evaluate
 from mtl_core.owner import Owner
 from mtl_core.population import EpochEvent, Member, MemberResult, train_population
+from mtl_core.redact import redact_url
 from mtl_core.train import EpochLog, train_from_config
 
 TrialState = optuna.trial.TrialState
@@ -78,6 +82,12 @@ HEARTBEAT_S, GRACE_S = 30, 120
 # SQLite serialises writers; two runs sharing an SQLite study wait for each other this long
 # instead of failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 60
+# The connection pool of a database server (PostgreSQL, MySQL): one connection for the search
+# and one more for the trial's heartbeat thread, so a worker holds at most two, and a
+# connection the server dropped (a restart) is replaced before use instead of failing a trial.
+SERVER_POOL = {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
+# How often a worker that runs until the study is full looks again while others' trials run.
+POLL_S = 2.0
 
 
 class TrialLogger(Protocol):
@@ -105,6 +115,13 @@ def resolve_storage(cfg: SearchConfig, n_workers: int | None = None) -> str:
     """
     n_workers = n_workers or cfg.n_workers
     url = os.environ.get("MTL_OPTUNA_STORAGE") or cfg.storage
+    if cfg.executor == "pool" and not is_server_storage(url):
+        where = f"'{redact_url(url)}' is" if url else "the default (a file in the state folder) is"
+        raise ConfigError(
+            f"search.executor 'pool': the Optuna storage {where} on this machine only; trial "
+            "workers need a database they all reach: set MTL_OPTUNA_STORAGE (or "
+            "search.storage) to a PostgreSQL URL"
+        )
     if url:
         if n_workers > 1 and url.startswith("sqlite"):
             raise ConfigError(
@@ -119,6 +136,26 @@ def resolve_storage(cfg: SearchConfig, n_workers: int | None = None) -> str:
     return f"sqlite:///{root / 'optuna.db'}"
 
 
+def is_server_storage(url: str | None) -> bool:
+    """Whether ``url`` is a database server (PostgreSQL, MySQL), not a file on this machine."""
+    if not url or "://" not in url or url.endswith(JOURNAL_SUFFIXES):
+        return False
+    return not url.startswith(("sqlite", "journal:"))
+
+
+_SERVER_STORAGES: dict[tuple[int, str], optuna.storages.RDBStorage] = {}
+
+
+def _forget_inherited_storages() -> None:
+    """In a forked child: drop the parent's pools without closing the parent's connections."""
+    for storage in _SERVER_STORAGES.values():
+        storage.engine.dispose(close=False)
+    _SERVER_STORAGES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_storages)
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Open a storage URL: a journal file path (``*.log``) or any SQLAlchemy RDB URL.
 
@@ -126,6 +163,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     found (:func:`close_stale_trials`). An SQLite file may be shared by the runs of one
     host: it is created under a file lock, and writers wait for each other (up to
     :data:`SQLITE_BUSY_TIMEOUT_S`) instead of failing with "database is locked".
+
+    A database server's storage is opened once per process and URL, with a small pool
+    (:data:`SERVER_POOL`): a worker holds at most two connections however often it
+    opens the study, so one server holds many workers (see the README's scale-out notes).
     """
     if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
         path = Path(url.removeprefix("journal:"))
@@ -136,6 +177,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.journal.JournalStorage(backend)
     if "://" not in url:
         raise ConfigError(f"search.storage '{url}': expected a *.log journal file or an RDB URL")
+    if is_server_storage(url):
+        key = (os.getpid(), url)
+        if key not in _SERVER_STORAGES:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                _SERVER_STORAGES[key] = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=dict(SERVER_POOL),
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                )
+        return _SERVER_STORAGES[key]
     engine, creating = None, contextlib.nullcontext()
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         engine = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
@@ -249,6 +302,22 @@ def open_study(cfg: ExperimentConfig, storage_url: str) -> optuna.Study:
     )
 
 
+def require_study(cfg: ExperimentConfig, storage_url: str) -> None:
+    """Check that the study exists, as a trial worker does before searching it.
+
+    Raises:
+        SearchError: It does not: the worker's storage is not the one the run created
+            the study in (a different ``MTL_OPTUNA_STORAGE``).
+    """
+    try:
+        optuna.load_study(study_name=study_name(cfg), storage=open_storage(storage_url))
+    except KeyError:
+        raise SearchError(
+            f"study '{study_name(cfg)}' not found in {redact_url(storage_url)}: this worker's "
+            "Optuna storage (MTL_OPTUNA_STORAGE) must be the database of the run that started it"
+        ) from None
+
+
 def ran_to_an_outcome(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial completed, was pruned, or failed for a reason it recorded.
 
@@ -312,6 +381,22 @@ def close_stale_trials(
             continue
         if _close_trial(study, trial, reason):
             closed.append(storage.get_trial(trial._trial_id))
+    return closed
+
+
+def close_labelled_trials(
+    study: optuna.Study, key: str, value: str, reason: str
+) -> list[optuna.trial.FrozenTrial]:
+    """Close the RUNNING trials labelled ``key=value`` as failed without an outcome.
+
+    Labels are user attrs (``labels`` of :func:`run_worker`). This is for a worker known
+    to be gone (its flow run crashed) before its owner or its heartbeat can tell. The
+    trials get ``reason`` and do not count toward ``n_trials``; returns them.
+    """
+    closed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(key) == value and _close_trial(study, trial, reason):
+            closed.append(study._storage.get_trial(trial._trial_id))
     return closed
 
 
@@ -580,17 +665,21 @@ def run_worker(
     torch_threads: int | None = None,
     claim: Claim | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    until_full: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> int:
     """Run up to ``n_trials`` trials of the stored study in this process.
 
-    Before each trial the worker closes stale trials (:func:`close_stale_trials`)
-    and claims the trial only while the study holds fewer than
+    The worker claims each trial only while the study holds fewer than
     ``cfg.search.n_trials`` trials that count or run, so that the study ends with
     exactly that many trials that ran to an outcome however many processes share
-    it. ``claim`` makes that check and the trial's creation atomic across processes
-    (a file lock, or a Prefect concurrency slot); without it, two processes that
-    check at the same moment may both take the last trial. The trial records its
-    owner and the claim is released as soon as the trial runs.
+    it; when the study holds that many, stale trials (:func:`close_stale_trials`)
+    are closed first and their places taken. ``claim`` makes that check and the
+    trial's creation atomic across processes (a file lock, or a Prefect concurrency
+    slot); without it, two processes that check at the same moment may both take
+    the last trial. The claim is released as soon as the trial exists and records
+    its owner; its labels are written after.
 
     Failed trials (any exception) are recorded with their reason and do not
     stop the worker. If the worker is interrupted (KeyboardInterrupt, a signal
@@ -607,7 +696,12 @@ def run_worker(
         progress: Called after each trial with the study and the finished trial.
         torch_threads: Torch threads of this process.
         claim: Returns a context manager held while a trial is claimed.
-        should_stop: Checked after each trial; True stops the worker.
+        should_stop: Checked after each trial (and while waiting); True stops the worker.
+        until_full: When every remaining trial is claimed by other processes, wait
+            (every :data:`POLL_S`) until they have run to an outcome instead of
+            returning; a trial whose process died is then closed as stale and run
+            here. Trial workers of a work pool run this way.
+        labels: User attrs set on each trial this worker runs (e.g. its flow run).
 
     Returns:
         The number of trials this worker ran.
@@ -631,8 +725,44 @@ def run_worker(
             callbacks,
             claim,
             should_stop,
+            until_full=until_full,
+            labels=labels,
         )
     objective = make_objective(cfg, data, device, logger_factory)
+    return run_trials(
+        study,
+        objective,
+        cfg.search.n_trials,
+        n_trials,
+        timeout_s,
+        progress,
+        claim,
+        should_stop,
+        until_full=until_full,
+        labels=labels,
+    )
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[..., float],
+    total: int,
+    n_trials: int,
+    timeout_s: float | None = None,
+    progress: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    claim: Claim | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    *,
+    until_full: bool = False,
+    labels: dict[str, str] | None = None,
+) -> int:
+    """The claim loop of :func:`run_worker`, for any objective of ``(trial, started)``.
+
+    ``objective`` must call ``started(trial)`` first thing (as :func:`make_objective`'s
+    does); ``total`` is the study's ``n_trials``. The other arguments are
+    :func:`run_worker`'s. Returns the number of trials this process ran.
+    """
+    claim = claim or contextlib.nullcontext
     owner = Owner.current().as_dict()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     ran: list[int] = []  # trials of this worker only; others may share the study
@@ -643,20 +773,30 @@ def run_worker(
         while len(ran) < n_trials and not (deadline and time.monotonic() >= deadline):
             with contextlib.ExitStack() as held:
                 held.enter_context(claim())
-                close_stale_trials(study)
-                if _claimed(study) >= cfg.search.n_trials:
+                full = _claimed(study) >= total
+                if full and close_stale_trials(study):  # only a full study needs their slots
+                    full = _claimed(study) >= total
+                if not full:
+
+                    def started(trial: optuna.Trial, held=held) -> None:
+                        # Owned, the trial counts and can be closed if this process dies: the
+                        # next claim may proceed. Labels are written after (each write is a
+                        # commit, and the claim serialises every worker of the study).
+                        trial.set_user_attr(OWNER_ATTR, owner)
+                        held.close()
+                        for key, value in (labels or {}).items():
+                            trial.set_user_attr(key, value)
+
+                    study.optimize(
+                        lambda trial, started=started: objective(trial, started),
+                        n_trials=1,
+                        catch=(Exception,),
+                        callbacks=callbacks,
+                    )
+            if full:
+                if not until_full or finished_trials(study) >= total:
                     break
-
-                def started(trial: optuna.Trial, held=held) -> None:
-                    trial.set_user_attr(OWNER_ATTR, owner)
-                    held.close()  # the trial exists and is owned: the next claim may proceed
-
-                study.optimize(
-                    lambda trial, started=started: objective(trial, started),
-                    n_trials=1,
-                    catch=(Exception,),
-                    callbacks=callbacks,
-                )
+                time.sleep(POLL_S)  # others' trials run; one whose process died turns stale
             if should_stop and should_stop():
                 break
     except BaseException as exc:
@@ -835,8 +975,10 @@ def _finish(
     return run.frozen
 
 
-def _ask(study: optuna.Study, beats: contextlib.ExitStack, owner: dict) -> optuna.Trial:
+def _ask(study: optuna.Study, beats: contextlib.ExitStack, stamp: dict) -> optuna.Trial:
     """A new trial, owned by this process, whose heartbeat runs until ``beats`` closes.
+
+    ``stamp`` holds the user attrs set first: the owner, and the worker's labels.
 
     (Optuna has no public API for heartbeats outside ``optimize``; ``_heartbeat`` is
     what ``optimize`` uses.)
@@ -846,7 +988,8 @@ def _ask(study: optuna.Study, beats: contextlib.ExitStack, owner: dict) -> optun
     with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": it is, here
         warnings.filterwarnings("ignore", message="Heartbeat")
         trial = study.ask()
-    trial.set_user_attr(OWNER_ATTR, owner)
+    for key, value in stamp.items():
+        trial.set_user_attr(key, value)
     beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
     return trial
 
@@ -859,6 +1002,7 @@ def run_batch(
     device: str = "auto",
     logger_factory: TrialLoggerFactory | None = None,
     claim: Claim | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[optuna.trial.FrozenTrial]:
     """Ask up to ``n`` trials, train them together, tell each its outcome; returns them, told.
 
@@ -870,22 +1014,25 @@ def run_batch(
     not yet told is closed, so none stays RUNNING: as interrupted (not counting
     toward ``n_trials``) when the process is being stopped, as FAIL otherwise.
 
-    The trials are asked under ``claim``, after closing stale trials, and only as
-    many as keep the study within ``cfg.search.n_trials`` trials that count or run,
-    as :func:`run_worker` does for single trials.
+    The trials are asked under ``claim``, only as many as keep the study within
+    ``cfg.search.n_trials`` trials that count or run (closing stale trials when that
+    is fewer than ``n``), as :func:`run_worker` does for single trials. Each trial
+    gets ``labels`` as user attrs.
     """
     runs: list[_TrialRun] = []
     live: list[_TrialRun] = []
     members: list[Member] = []
-    owner = Owner.current().as_dict()
+    stamp = {OWNER_ATTR: Owner.current().as_dict(), **(labels or {})}
     try:
         with contextlib.ExitStack() as beats:
             # The claim covers asking the batch: its trials count once they exist and are owned.
             with (claim or contextlib.nullcontext)():
-                close_stale_trials(study)
-                n = min(n, cfg.search.n_trials - _claimed(study))
+                free = cfg.search.n_trials - _claimed(study)
+                if free < n and close_stale_trials(study):  # their slots are needed
+                    free = cfg.search.n_trials - _claimed(study)
+                n = min(n, free)
                 while len(runs) < n:
-                    run = _TrialRun(_ask(study, beats, owner))
+                    run = _TrialRun(_ask(study, beats, stamp))
                     runs.append(run)
                     try:
                         run.params = suggest(run.trial, cfg)
@@ -948,13 +1095,17 @@ def run_batches(
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
     claim: Claim | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    until_full: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> int:
     """Run ``n_trials`` trials in batches of ``search.population`` (never more than asked for).
 
     Each callback gets every trial once it is told, as ``Study.optimize``'s do;
     ``study.stop()`` there, or ``should_stop()`` returning True, ends the search
     after the batch. No batch starts after ``timeout_s``. ``claim`` is held while a
-    batch's trials are asked (see :func:`run_batch`).
+    batch's trials are asked (see :func:`run_batch`). ``until_full`` and ``labels``
+    are :func:`run_worker`'s.
 
     Returns:
         The number of trials run.
@@ -976,9 +1127,14 @@ def run_batches(
         if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
             break
         size = min(cfg.search.population, n_trials - ran)
-        told = run_batch(cfg, study, size, trial_data, device, logger_factory, claim)
+        told = run_batch(cfg, study, size, trial_data, device, logger_factory, claim, labels)
         if not told:  # the study already holds n_trials trials that count or run
-            break
+            if not until_full or finished_trials(study) >= cfg.search.n_trials:
+                break
+            time.sleep(POLL_S)  # others' trials run; one whose process died turns stale
+            if should_stop and should_stop():
+                break
+            continue
         ran += len(told)
         for frozen in told:
             for cb in callbacks or []:

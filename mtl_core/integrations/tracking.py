@@ -158,14 +158,38 @@ def close_dead_runs(client: MlflowClient, experiment: str) -> list[Run]:
         owner = run_owner(run)
         if owner is None or owner.alive() is not False:
             continue
-        reason = f"{owner.describe()} ended without closing this run; closed by {me}"
-        tags = {CLOSED_TAG: reason}
-        if "trial.number" in run.data.tags:
-            tags.update({"trial.state": "INTERRUPTED", "trial.reason": reason})
-        set_tags(client, run.info.run_id, tags)
-        end_run(client, run.info.run_id, "FAILED")
+        close_run(client, run, f"{owner.describe()} ended without closing this run; closed by {me}")
         closed.append(run)
     return closed
+
+
+def close_run(client: MlflowClient, run: Run, reason: str) -> None:
+    """End a run its process left RUNNING as FAILED, with ``reason`` as ``mtl.closed_reason``.
+
+    A trial's child run is also tagged ``trial.state`` ``INTERRUPTED`` with the reason.
+    """
+    tags = {CLOSED_TAG: reason}
+    if "trial.number" in run.data.tags:
+        tags.update({"trial.state": "INTERRUPTED", "trial.reason": reason})
+    set_tags(client, run.info.run_id, tags)
+    end_run(client, run.info.run_id, "FAILED")
+
+
+def close_tagged_runs(
+    client: MlflowClient, experiment_id: str, tags: dict[str, str], reason: str
+) -> list[Run]:
+    """Close the experiment's RUNNING runs that carry all of ``tags`` (see :func:`close_run`).
+
+    For runs of a process known to be gone, wherever it ran: the trial runs of a trial
+    worker whose flow run crashed. Returns the runs closed.
+    """
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    running = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and {where}", max_results=5000
+    )
+    for run in running:
+        close_run(client, run, reason)
+    return running
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -205,6 +229,7 @@ class MlflowTrialLogger:
         trial_number: Optuna trial number (names the run ``trial-007``).
         params: The trial's sampled flat params.
         base_params: Params shared by every trial (logged too, so runs compare).
+        tags: More tags of the run (a trial worker's flow run id).
     """
 
     def __init__(
@@ -215,13 +240,14 @@ class MlflowTrialLogger:
         trial_number: int,
         params: dict[str, Any],
         base_params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.run_id = start_run(
             client,
             experiment_id,
             f"trial-{trial_number:03d}",
-            tags={"trial.number": str(trial_number)},
+            tags={**(tags or {}), "trial.number": str(trial_number)},
             parent_run_id=parent_run_id,
         )
         log_params(client, self.run_id, {**(base_params or {}), **params})

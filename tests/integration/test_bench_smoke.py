@@ -15,6 +15,9 @@ SCRIPTS = [
     "overhead",
     "pruning",
     "parallel",
+    "pool",
+    "storage",
+    "crash_drill",
     "population",
     "scaling",
     "scoring",
@@ -161,3 +164,15 @@ def test_population_numbers_are_sane(smoke):
     gpu = r["gpu_population"]["results"]
     assert not gpu["imported_forbidden"]
     assert all(finite_positive(v["member_rows_s"]) for v in gpu["by_setting"].values())
+
+
+def test_storage_smoke_fills_one_study_exactly_and_stack_benchmarks_say_they_skipped(smoke):
+    out, r = smoke
+    storage = r["storage"]["results"]
+    assert storage["storage"] == "journal file" and storage["workers"] == 4
+    assert storage["trials"] == storage["target"] == 40 == storage["trials_in_study"]
+    assert storage["errors"] == storage["duplicates"] == storage["lost"] == 0
+    assert finite_positive(storage["trials_per_s"]) and finite_positive(storage["claim_held_ms"])
+    for name in ("pool", "crash_drill"):  # they need the real stack: minutes, not a smoke run
+        assert r[name]["results"] == {"skipped": "needs the real stack"}
+        assert "Smoke run: skipped" in (out / f"{name}.md").read_text()

@@ -46,6 +46,18 @@ def test_unknown_key_is_rejected(tmp_path):
     assert_one_line_error(proc, "train.learning_rate", "unknown key")
 
 
+def test_pool_mode_needs_a_server_and_a_shared_database(tmp_path, monkeypatch):
+    pool = ("run", "--config", "default", "--set", "search.executor=pool")
+    assert_one_line_error(mtl(*pool), "search.executor 'pool'", "PREFECT_API_URL")
+    # A server is configured (never reached: the check comes first), the study a local file.
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    for storage in ("sqlite:///x.db", str(tmp_path / "study.log")):
+        proc = mtl(*pool, "--set", f"search.storage={storage}")
+        assert_one_line_error(proc, "on this machine only", "PostgreSQL")
+    state = os.environ["MTL_STATE_DIR"]
+    assert not any(name.endswith(".db") for name in os.listdir(state))
+
+
 def test_missing_data_file(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(

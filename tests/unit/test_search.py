@@ -18,6 +18,7 @@ from mtl_core.data import prepare
 from mtl_core.errors import ConfigError, SearchError
 from mtl_core.integrations import search
 from mtl_core.owner import Owner
+from mtl_core.redact import redact_url
 
 STUDY = [
     "search.n_trials=5",
@@ -243,6 +244,25 @@ def test_default_storage_lives_in_the_state_folder(tiny_synthetic, tmp_path, mon
     shared = cfg.search.model_copy(update={"storage": "sqlite:///x.db"})
     with pytest.raises(ConfigError, match="SQLite is for one process"):
         search.resolve_storage(shared, n_workers=2)
+
+
+def test_pool_mode_refuses_a_storage_on_this_machine(tiny_synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_STATE_DIR", str(tmp_path / "st"))
+    monkeypatch.delenv("MTL_OPTUNA_STORAGE", raising=False)
+    cfg = tiny_synthetic("search.executor=pool").search
+    with pytest.raises(ConfigError, match="the default .* is on this machine only") as exc:
+        search.resolve_storage(cfg)
+    assert "PostgreSQL" in str(exc.value) and "\n" not in str(exc.value)
+    for url in ("sqlite:///x.db", str(tmp_path / "j.log"), "journal:/tmp/x"):
+        with pytest.raises(ConfigError, match="search.executor 'pool'"):
+            search.resolve_storage(cfg.model_copy(update={"storage": url}))
+    with pytest.raises(ConfigError) as exc:  # a password is never shown
+        search.resolve_storage(cfg.model_copy(update={"storage": "sqlite://u:secret@h/x"}))
+    assert "secret" not in str(exc.value)
+    server = "postgresql+psycopg2://mtl:secret@db:5432/optuna"
+    monkeypatch.setenv("MTL_OPTUNA_STORAGE", server)
+    assert search.resolve_storage(cfg) == server
+    assert redact_url(server) == "postgresql+psycopg2://mtl:***@db:5432/optuna"
 
 
 # --------------------------------------------------------------------------- running
@@ -529,3 +549,83 @@ def test_an_interrupted_trial_is_closed_and_does_not_count(
     monkeypatch.setattr(search, "train_from_config", real_train)
     assert search.run_worker(cfg, data, storage, 5, device="cpu") == 4
     assert search.finished_trials(search.open_study(cfg, storage)) == 5
+
+
+def _live_other_owner() -> dict:
+    """The process that started pytest: alive, and not us."""
+    return Owner(socket.gethostname(), os.getppid()).as_dict()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize()
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_worker_until_full_waits_for_others_then_redoes_a_dead_ones_trial(
+    tiny_synthetic, tmp_path, monkeypatch, population
+):
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=3", f"search.population={population}")
+    data = prepare(cfg.data)
+    url = str(tmp_path / "journal.log")
+    assert search.run_worker(cfg, data, url, 2, device="cpu") == 2
+    study = search.open_study(cfg, url)
+    other = study.ask()  # another worker's trial: it claims the last of the three
+    other.set_user_attr(search.OWNER_ATTR, _live_other_owner())
+    other.set_user_attr("prefect.flow_run_id", "w-1")
+    # Without until_full a worker finds nothing to claim and returns at once.
+    assert search.run_worker(cfg, data, url, 3, device="cpu") == 0
+
+    monkeypatch.setattr(search, "POLL_S", 0.05)
+    dies = threading.Timer(  # that worker's flow run crashes, as the pipeline then finds
+        1.0,
+        lambda: search.close_labelled_trials(
+            search.open_study(cfg, url),
+            "prefect.flow_run_id",
+            "w-1",
+            "trial worker flow run 'w-1' ended CRASHED",
+        ),
+    )
+    dies.start()
+    t0 = time.monotonic()
+    ran = search.run_worker(
+        cfg, data, url, 3, device="cpu", until_full=True, labels={"prefect.flow_run_id": "w-2"}
+    )
+    dies.join()
+    assert ran == 1 and time.monotonic() - t0 >= 1.0  # it waited, then ran the trial again
+    study = search.open_study(cfg, url)
+    assert _states(study) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert study.trials[2].user_attrs["fail_reason"] == "trial worker flow run 'w-1' ended CRASHED"
+    assert study.trials[3].user_attrs["prefect.flow_run_id"] == "w-2"
+    assert search.finished_trials(study) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_worker_until_full_returns_when_the_others_fill_the_study(
+    tiny_synthetic, tmp_path, monkeypatch
+):
+    cfg = tiny_synthetic(*STUDY, "search.n_trials=2")
+    data = prepare(cfg.data)
+    url = str(tmp_path / "journal.log")
+    assert search.run_worker(cfg, data, url, 1, device="cpu") == 1
+    study = search.open_study(cfg, url)
+    other = study.ask()
+    other.set_user_attr(search.OWNER_ATTR, _live_other_owner())
+    monkeypatch.setattr(search, "POLL_S", 0.05)
+    finishes = threading.Timer(0.5, lambda: study.tell(other, 0.5))
+    finishes.start()
+    assert search.run_worker(cfg, data, url, 2, device="cpu", until_full=True) == 0
+    finishes.join()
+    assert search.finished_trials(search.open_study(cfg, url)) == 2
+
+
+def test_close_labelled_trials_closes_only_that_workers_running_trials(tiny_synthetic, tmp_path):
+    cfg = tiny_synthetic(*STUDY)
+    study = search.open_study(cfg, str(tmp_path / "journal.log"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine, theirs, done = study.ask(), study.ask(), study.ask()
+    for trial, run in ((mine, "a"), (theirs, "b"), (done, "a")):
+        trial.set_user_attr("prefect.flow_run_id", run)
+    study.tell(done, 0.1)
+    (closed,) = search.close_labelled_trials(study, "prefect.flow_run_id", "a", "gone")
+    assert closed.number == mine.number and closed.state.name == "FAIL"
+    assert closed.user_attrs["fail_reason"] == "gone" and "interrupted" in closed.user_attrs
+    assert _states(study) == ["FAIL", "RUNNING", "COMPLETE"]
+    assert search.finished_trials(study) == 1

@@ -43,6 +43,7 @@ def test_cli_reports_the_deployment_and_its_schedules(deployment):
     assert f"nightly  {deployment.crons['nightly']} (UTC) {nightly}" in out
     assert f"weekly   {deployment.crons['weekly']} (UTC)" in out
     assert f"prefect deployment run '{deployment.name}'" in out
+    assert "deployment mtl-trial-worker/servers-test on work pool 'mtl-process'" in out
 
 
 def test_parameters_render_as_a_typed_form(deployment, tiny_config):
@@ -54,6 +55,7 @@ def test_parameters_render_as_a_typed_form(deployment, tiny_config):
     ]  # the worker runs flows from the repository root
     schema = data["parameter_openapi_schema"]
     assert list(schema["properties"]) == ["params"]
+    assert schema["additionalProperties"] is False  # an unknown top-level key is refused
     outer = schema["properties"]["params"]
     assert outer["description"]  # from the flow's docstring
     form = _resolve(schema, outer)
@@ -149,3 +151,27 @@ def test_invalid_parameters_are_refused_naming_the_field(
         "POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}}
     ).json()
     assert runs == []  # refused before a run existed
+
+
+def test_an_unknown_top_level_key_is_refused_before_a_run_exists(stack, deployment):
+    name = "servers-invalid-parms"
+    resp = trigger(stack, deployment, name, {"parms": {"n_trials": 5}})
+    assert resp.status_code == 409, resp.text
+    detail = resp.json()["detail"]
+    assert "'parms' was unexpected" in detail, detail
+    runs = stack.prefect(
+        "POST", "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}}
+    ).json()
+    assert runs == []
+
+
+def test_deploy_creates_the_trial_worker_deployment_next_to_the_pipelines(stack, deployment):
+    resp = stack.prefect("GET", "/deployments/name/mtl-trial-worker/servers-test")
+    assert resp.status_code == 200, deployment.cli_output
+    worker = resp.json()
+    assert worker["work_pool_name"] == deployment.data["work_pool_name"] == stack.pool
+    assert worker["pull_steps"] == deployment.data["pull_steps"]  # runs from the repository
+    assert worker["enforce_parameter_schema"] is True
+    assert worker["schedules"] == [] and worker["concurrency_limit"] is None
+    schema = worker["parameter_openapi_schema"]
+    assert schema["additionalProperties"] is False and schema["required"] == ["params"]
