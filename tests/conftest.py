@@ -42,4 +42,11 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MTL_STATE_DIR", str(state))
     uri = f"sqlite:///{state / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    yield uri
+    # tracking.get_client() also sets MLflow's process-wide tracking and registry URIs; left
+    # as they are, the next test would talk to this test's store.
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
