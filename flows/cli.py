@@ -84,11 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise params_error(exc, "mtl run") from None
     cfg = load_config(params.config, params.config_overrides())
-    check_run(cfg)  # data, device, names and servers: before any run, study or store exists
-    if cfg.search.executor == "pool":
+    if cfg.search.executor == "pool":  # first: without a server, nothing else matters
         from flows.pool import check_pool_mode
 
         check_pool_mode(cfg)
+    check_run(cfg)  # data, device, names and servers: before any run, study or store exists
 
     from prefect.exceptions import TerminationSignal
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from mtl_core.config import Float, Int, bundled_config, config_names
+from mtl_core.config import bounded, bundled_config, config_names
 from mtl_core.errors import ConfigError
 from mtl_core.redact import has_credentials, redact_url
 
@@ -74,23 +74,25 @@ class PipelineParams(BaseModel):
         max_length=200,
         description="MLflow experiment and registered model name; empty = the config's.",
     )
-    n_trials: Int | None = Field(
-        None, ge=1, le=1000, description="Finished trials the Optuna study should hold in total."
+    n_trials: bounded(int, ge=1, le=1000) | None = Field(
+        None, description="Finished trials the Optuna study should hold in total."
     )
-    timeout_minutes: Float | None = Field(
-        None, gt=0, le=1440, description="Stop starting new trials after this many minutes."
+    timeout_minutes: bounded(float, gt=0, le=1440) | None = Field(
+        None, description="Stop starting new trials after this many minutes."
     )
-    n_workers: Int | None = Field(
-        None, ge=1, le=32, description="Parallel search workers on one stored study."
+    n_workers: bounded(int, ge=1, le=32) | None = Field(
+        None, description="Parallel search workers on one stored study."
     )
     executor: Literal["local", "pool"] | None = Field(
         None,
         description="Where the search workers run: 'local' (processes of this run) or 'pool' "
         "(trial-worker flow runs on the work pool, any machine); empty = the config's.",
     )
-    epochs: Int | None = Field(None, ge=1, le=10000, description="Training epochs per model.")
-    seed: Int | None = Field(
-        None, ge=0, le=2**31 - 1, description="Seed for the sampler, model init and shuffling."
+    epochs: bounded(int, ge=1, le=10000) | None = Field(
+        None, description="Training epochs per model."
+    )
+    seed: bounded(int, ge=0, le=2**31 - 1) | None = Field(
+        None, description="Seed for the sampler, model init and shuffling."
     )
     device: str | None = Field(
         None,
@@ -218,8 +220,8 @@ class ScoreParams(BaseModel):
         max_length=500,
         description="Registered model with an alias (resolved once, at the start) or a version.",
     )
-    chunk_rows: Int = Field(
-        100_000, ge=100, le=10_000_000, description="Rows read and scored at a time."
+    chunk_rows: bounded(int, ge=100, le=10_000_000) = Field(
+        100_000, description="Rows read and scored at a time."
     )
     experiment: str | None = Field(
         None,
@@ -228,24 +230,18 @@ class ScoreParams(BaseModel):
         description="MLflow experiment of the scoring run; "
         "empty = '<training experiment>-scoring'.",
     )
-    psi_threshold: Float | None = Field(
+    psi_threshold: bounded(float, gt=0, le=10) | None = Field(
         None,
-        gt=0,
-        le=10,
         description="Drift: PSI at or above which a feature drifts; "
         "empty = the model's (drift.psi_threshold).",
     )
-    p_value: Float | None = Field(
+    p_value: bounded(float, gt=0, lt=1) | None = Field(
         None,
-        gt=0,
-        lt=1,
         description="Drift: significance level of the per-feature test; "
         "empty = the model's (drift.p_value).",
     )
-    sample_rows: Int | None = Field(
+    sample_rows: bounded(int, ge=100, le=1_000_000) | None = Field(
         None,
-        ge=100,
-        le=1_000_000,
         description="Drift: rows of the batch compared (a uniform "
         "sample); empty = the model's (drift.sample_rows).",
     )

@@ -52,6 +52,16 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 PosInt = Annotated[PositiveInt, BeforeValidator(_not_bool)]
 
 
+def bounded(kind: type[int] | type[float], **bounds: float) -> Any:
+    """``Int`` or ``Float`` within ``bounds`` (``ge``, ``le``, ``gt``, ``lt``).
+
+    For forms: bounds given to the field of an ``Int`` validate but show in its JSON
+    schema as raw ``ge``/``le`` keys, which neither Prefect's form nor its server
+    understand; placed before the boolean check they render as ``minimum``/``maximum``.
+    """
+    return Annotated[kind, Field(**bounds), BeforeValidator(_not_bool)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 

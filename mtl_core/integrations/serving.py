@@ -92,9 +92,10 @@ def _check_finite(frame: pd.DataFrame, numeric: list[str]) -> None:
         values = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.flatnonzero(np.isinf(values))
         if len(bad):
+            rows = "1 row" if len(bad) == 1 else f"{len(bad)} rows"
             raise DataError(
-                f"model input: column '{col}' holds an infinite value in row {int(bad[0])} "
-                f"({values[bad[0]]}); expected a finite number or a missing value"
+                f"model input: column '{col}' holds an infinite value in {rows} (first: row "
+                f"{int(bad[0])}, {values[bad[0]]}); expected a finite number or a missing value"
             )
 
 

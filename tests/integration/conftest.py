@@ -64,7 +64,7 @@ def scoring_model(prefect_harness, tmp_path_factory) -> TrainedModel:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in trained.env().items():
             mp.setenv(key, value)
-        result = mtl_pipeline(PipelineParams(config=str(root / "tiny.yaml")))
+        result = mtl_pipeline(PipelineParams.local(root / "tiny.yaml"))
     trained.experiment = "scoring-tiny"
     trained.run_id = result["parent_run_id"]
     trained.version = result["model_version"]

@@ -228,7 +228,7 @@ CASES = [
     Case(
         "predict-inf-in-a-feature",
         ["predict", "--model-uri", "{model}", "--input", f"{D}/rows_inf.csv"],
-        ["rows_inf.csv", "'x2' (1 row)", "inf"],
+        ["rows_inf.csv", "'x2'", "in 1 row", "inf"],
     ),
     Case(
         "predict-output-is-a-folder",

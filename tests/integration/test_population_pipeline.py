@@ -38,7 +38,7 @@ TINY = {
 def test_pipeline_with_a_population_and_cross_validation(prefect_harness, mlflow_store, tmp_path):
     path = Path(tmp_path / "tiny.yaml")
     path.write_text(yaml.safe_dump(TINY))
-    result = mtl_pipeline(PipelineParams(config=str(path)))
+    result = mtl_pipeline(PipelineParams.local(path))
     client = MlflowClient(mlflow_store)
 
     parent = client.get_run(result["parent_run_id"])

@@ -111,7 +111,10 @@ def test_rest_answers_like_mtl_predict(server, scoring_model, tmp_path):
 @pytest.mark.parametrize(
     ("change", "fragments"),
     [
-        (lambda r: r.assign(x4=[1.0, math.inf]), ["column 'x4'", "infinite value in row 1"]),
+        (
+            lambda r: r.assign(x4=[1.0, math.inf]),
+            ["column 'x4'", "infinite value in 1 row (first: row 1"],
+        ),
         (lambda r: r.assign(x1=["0.3", "abc"]), ["x1", "could not convert string to float"]),
         (lambda r: r.drop(columns=["x5"]), ["missing inputs ['x5']"]),
     ],

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from flows.params import PipelineParams, params_error
+from flows.params import PipelineParams, ScoreParams, params_error
 from mtl_core.config import CONFIG_DIR, config_names
 from mtl_core.errors import ConfigError
 
@@ -157,3 +157,25 @@ def test_trial_worker_params_refuse_unknown_keys():
     with pytest.raises(ValidationError, match="password"):
         TrialWorkerParams(**base, password="x")
     assert TrialWorkerParams.model_json_schema()["additionalProperties"] is False
+
+
+# --------------------------------------------------------------------------- form bounds
+
+
+@pytest.mark.parametrize("model", [PipelineParams, ScoreParams])
+def test_number_bounds_render_as_json_schema_keywords(model):
+    """Prefect's form and server read ``minimum``/``maximum``, not raw ``ge``/``le`` keys."""
+    schema = model.model_json_schema()
+    numbers = 0
+    for name, prop in schema["properties"].items():
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") not in ("integer", "number"):
+                continue
+            numbers += 1
+            assert not {"ge", "le", "gt", "lt"} & set(branch), (name, branch)
+            assert {"minimum", "exclusiveMinimum"} & set(branch), (name, branch)
+    assert numbers >= 4
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {"n_trials": 0} if model is PipelineParams else {"chunk_rows": 5}, schema
+        )

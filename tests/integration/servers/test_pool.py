@@ -90,7 +90,7 @@ def test_a_partial_params_object_is_merged_into_the_deployments(
 ):
     # The run stores what the caller sent; the flow ran the deployment's config with it.
     assert pool_run.final["parameters"] == {"params": SENT}
-    assert deployment.data["parameters"]["params"]["config"] == str(tiny_config)
+    assert deployment.data["parameters"]["params"]["config"] == tiny_config.stem
     parent = parent_run(stack, EXPERIMENT, pool_run.id)
     assert parent.data.tags["config.file"] == str(tiny_config)  # not configs/default.yaml
     assert parent.data.params["search.n_trials"] == "6"
