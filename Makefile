@@ -26,8 +26,12 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(VENV)/bin/mtl run --config $(CONFIG)
 
+# Two workers share the 2-core machine with everything but the server stack, whose tests
+# then run on their own: they write a config into configs/, which other tests list.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -m "not gpu"
+	$(PY) -m pytest -m "not gpu and not servers" -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -m "servers and not gpu"
 
 test-unit: setup
 	$(PY) -m pytest tests/unit

@@ -9,7 +9,9 @@ need a server start their own.
 import os
 import tempfile
 
-for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE"):
+MLFLOW_URIS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# PREFECT_HOME too: xdist workers inherit the controller's, and each needs its own.
+for var in ("PREFECT_API_URL", "PREFECT_HOME", *MLFLOW_URIS, "MTL_OPTUNA_STORAGE"):
     os.environ.pop(var, None)
 os.environ["MTL_STATE_DIR"] = tempfile.mkdtemp(prefix="mtl-test-state-")
 
@@ -43,10 +45,24 @@ def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{state / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     yield uri
-    # tracking.get_client() also sets MLflow's process-wide tracking and registry URIs; left
-    # as they are, the next test would talk to this test's store.
+
+
+@pytest.fixture(autouse=True)
+def _forget_mlflow_uris():
+    """After each test, MLflow has no store again, as at the start of the session.
+
+    ``tracking.get_client()`` sets MLflow's process-wide tracking and registry URIs, and
+    MLflow copies them into ``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI`` for
+    subprocesses. Left as they are, the next test in this process (whichever file it
+    comes from, in whatever order an xdist worker runs them) and every server it starts
+    would train, register or look up models in this test's store. Runs after the test's
+    own ``monkeypatch`` has been undone.
+    """
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    yield
     tracking_utils._tracking_uri = None
     registry_utils._registry_uri = None
+    for key in MLFLOW_URIS:
+        os.environ.pop(key, None)

@@ -29,7 +29,8 @@ def test_mlflow_parent_run_links_back_to_the_prefect_run(stack, pipeline_run):
     parent = parent_run(stack, pipeline_run.experiment, pipeline_run.id)
     assert parent is not None, "no MLflow run tagged with the flow run's id"
     assert parent.info.status == "FINISHED"
-    assert re.fullmatch(r"servers-main \| servers-tiny \| \d{4}-\d\d-\d\d \d\d:\d\d", parent.info.run_name)
+    name = r"servers-main \| servers-tiny \| \d{4}-\d\d-\d\d \d\d:\d\d"
+    assert re.fullmatch(name, parent.info.run_name)
     tags = parent.data.tags
     assert tags["prefect.flow_run_name"] == "servers-main"
     url = tags["prefect.flow_run_url"]
