@@ -24,15 +24,23 @@ Every search runs through ``mtl_core.integrations.search`` and every network tra
 (``mtl_core.metrics.delta_m``) is taken against (1) of the same seed, and for (4) also
 against (5). Jobs (dataset x seed) run in ``--jobs`` processes with one torch thread each.
 
-Run ``python -m bench.quality [--smoke] [--out DIR] [--jobs N] [--datasets a,b]``.
+A full run takes hours on two cores, so each finished job is kept in ``OUT/quality-jobs/``
+as it ends: a run that stops (a crash, a session that ends) is run again and only the
+missing jobs train; jobs kept under other budgets are ignored. ``--fresh`` runs every job
+again; ``--no-run`` writes the report from the kept jobs alone, each table saying how
+many seeds it averages, and the report listing the jobs still missing.
+
+Run ``python -m bench.quality [--smoke] [--out DIR] [--jobs N] [--datasets a,b]
+[--fresh | --no-run]``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +348,51 @@ def run_job(name: str, config: str, overrides: list[str], seed: int, st: dict) -
     return {"name": name, "seed": seed, "rows": data.n_rows, "runs": runs, "tasks": data.tasks}
 
 
+# --------------------------------------------------------------------------- kept jobs
+
+JOBS_DIR = "quality-jobs"
+
+
+def job_path(out: Path, name: str, seed: int) -> Path:
+    """Where the finished job (dataset ``name``, ``seed``) is kept."""
+    slug = "".join(c if c.isalnum() else "_" for c in name)
+    return out / JOBS_DIR / f"{slug}-seed{seed}.json"
+
+
+def job_key(overrides: list[str], st: dict) -> dict[str, Any]:
+    """What a kept job must have been run with to count for this run."""
+    keys = ("budget", "full_budget", "grid", "adult_rows")
+    return {"overrides": overrides, **{k: st[k] for k in keys}}
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a Python number; anything else JSON lacks as its text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def save_job(path: Path, result: dict, key: dict) -> None:
+    """Keep one finished job (written whole, then renamed: never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**result, "tasks": [t.to_dict() for t in result["tasks"]], "key": key}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=_plain))
+    tmp.replace(path)
+
+
+def load_job(path: Path, key: dict) -> dict | None:
+    """A kept job run with ``key``, or None (absent, unreadable or other budgets)."""
+    from mtl_core.tasks import task_from_dict
+
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if state.pop("key", None) != json.loads(json.dumps(key)):
+        return None
+    state["tasks"] = [task_from_dict(t) for t in state["tasks"]]
+    return state
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -515,6 +568,11 @@ def main() -> None:
     def extra(parser) -> None:
         parser.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
         parser.add_argument("--datasets", default=None, help="comma-separated subset")
+        runs = parser.add_mutually_exclusive_group()
+        runs.add_argument("--fresh", action="store_true", help="run even the kept jobs again")
+        runs.add_argument(
+            "--no-run", action="store_true", help="report the kept jobs only, running none"
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
     st = settings(args.smoke, args.out)
@@ -549,11 +607,39 @@ def main() -> None:
             if st["adult_csv"] or not Path(path).is_file():
                 adult_data.write_csv(path, rows=st["adult_rows"])
     jobs = [(n, c, o, seed) for n, (c, o) in datasets.items() for seed in st["seeds"]]
-    # Longest jobs first, so the two processes finish together.
-    jobs.sort(key=lambda j: j[0] != "adult")
+    results, todo = [], []
+    for job in jobs:
+        kept = (
+            None
+            if args.fresh
+            else load_job(job_path(args.out, job[0], job[3]), job_key(job[2], st))
+        )
+        (results.append(kept) if kept else todo.append(job))
+    if results:
+        report.add(
+            f"{len(results)} of {len(jobs)} jobs were kept from an earlier run of this "
+            f"benchmark with the same budgets (`{args.out / JOBS_DIR}`); "
+            f"{0 if args.no_run else len(todo)} ran now."
+        )
+    if args.no_run:
+        if todo:
+            report.add(
+                "**Not run yet** (this report averages the seeds that were): "
+                + ", ".join(f"{n} seed {seed}" for n, _, _, seed in todo)
+                + "."
+            )
+        todo = []
+    # Longest jobs first, so the processes finish together.
+    todo.sort(key=lambda j: j[0] != "adult")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_job, *job, st) for job in jobs]
-        results = [f.result() for f in futures]
+        futures = {pool.submit(run_job, *job, st): job for job in todo}
+        for future in as_completed(futures):
+            result = future.result()
+            job = futures[future]
+            save_job(job_path(args.out, job[0], job[3]), result, job_key(job[2], st))
+            results.append(result)
+    if not results:
+        raise SystemExit("bench.quality: no finished jobs to report")
     collected = collect(results)
     order = [n for n in st["datasets"] if n in collected]
     collected = {n: collected[n] for n in order}
