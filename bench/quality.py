@@ -492,6 +492,14 @@ def choices_table(report: Report, collected: dict) -> None:
     )
 
 
+MIN_SEEDS = 3  # a verdict on fewer seeds would read one seed's luck as a result
+
+
+def judged(verdict: str, n_seeds: int) -> str:
+    """``verdict``, or why there is none: fewer than MIN_SEEDS seeds ran."""
+    return verdict if n_seeds >= MIN_SEEDS else f"not judged ({n_seeds} of {MIN_SEEDS} seeds)"
+
+
 def target_rows(collected: dict) -> list[list[str]]:
     """The issue's quality targets as ``[measure, measured, target, verdict]`` rows."""
     rows = []
@@ -505,7 +513,7 @@ def target_rows(collected: dict) -> list[list[str]]:
                     f"Adult, full search: {task} test AUC",
                     f"{m:.4f} ± {s:.4f}",
                     f"≥ {target}",
-                    "met" if m >= target else "missed",
+                    judged("met" if m >= target else "missed", len(full)),
                 ]
             )
         m, s = mean_std([r["delta_m_matched"] for r in full])
@@ -514,7 +522,7 @@ def target_rows(collected: dict) -> list[list[str]]:
                 "Adult, full search: Δm vs same-choice single-task networks",
                 f"{m:+.2f}% ± {s:.2f}",
                 "≥ 0",
-                "met" if m >= 0 else "missed",
+                judged("met" if m >= 0 else "missed", len(full)),
             ]
         )
     syn = collected.get("synthetic p=0.5")
@@ -527,12 +535,13 @@ def target_rows(collected: dict) -> list[list[str]]:
                 "synthetic p = 0.5: Δm of MMoE above shared-bottom's",
                 f"{ma:+.2f}% ± {sa:.2f} vs {mb:+.2f}% ± {sb_:.2f}",
                 "above, beyond 1 std",
-                "met" if ma - mb > max(sa, sb_) else "missed",
+                judged("met" if ma - mb > max(sa, sb_) else "missed", len(syn["runs"][mmoe])),
             ]
         )
     for name, entry in collected.items():
         m, s = mean_std([r["delta_m"] for r in entry["runs"][FULL]])
         verdict = "tie (within 1 std)" if abs(m) <= s else ("met" if m > 0 else "missed")
+        verdict = judged(verdict, len(entry["runs"][FULL]))
         rows.append(
             [f"full search Δm vs single-task: {name}", f"{m:+.2f}% ± {s:.2f}", "> 0", verdict]
         )
