@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from bench.stack import free_ports
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / ".state" / "test-artifacts"
@@ -114,24 +115,13 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="package")
 def stack() -> Stack:
     """Start the stack in its own folder and ports; always stop it and keep its logs."""
     infra_dir = REPO / ".state" / "test-servers" / f"session-{os.getpid()}"
     shutil.rmtree(infra_dir, ignore_errors=True)
     infra_dir.mkdir(parents=True)
-    pg, prefect_port, mlflow_port = _free_ports(3)
+    pg, prefect_port, mlflow_port = free_ports(3)
     drop = {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE", "PYTEST_CURRENT_TEST"}
     script_env = {k: v for k, v in os.environ.items() if k not in drop}
     script_env.update(
