@@ -202,7 +202,7 @@ def throughput(st: dict, report: Report, tmp: Path) -> dict:
         data = prepare(cfg.data, cfg.features)
         rows = []
         for k in s["ks"]:
-            n = k * math.ceil(s["trials"] / k) if k > 1 else max(1, s["trials"] // 4)
+            n = k * math.ceil(s["trials"] / k) if k > 1 else max(1, s["trials"] // 2)
             run = run_search(
                 config(st, name, *fixed, f"search.population={k}", f"search.n_trials={n}"),
                 data,

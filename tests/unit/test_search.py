@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -263,6 +264,23 @@ def test_pool_mode_refuses_a_storage_on_this_machine(tiny_synthetic, tmp_path, m
     monkeypatch.setenv("MTL_OPTUNA_STORAGE", server)
     assert search.resolve_storage(cfg) == server
     assert redact_url(server) == "postgresql+psycopg2://mtl:***@db:5432/optuna"
+
+
+def test_sqlite_study_is_write_ahead_logged_and_read_by_a_new_connection(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = search.open_storage(url)
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.tell(study.ask(), 0.5)
+    # What one storage committed is there for another (a resumed run), and for plain sqlite3.
+    again = optuna.load_study(study_name="s", storage=search.open_storage(url))
+    assert [t.value for t in again.trials] == [0.5]
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "optuna.db")) as raw:
+        assert raw.execute("SELECT value FROM trial_values").fetchall() == [(0.5,)]
 
 
 # --------------------------------------------------------------------------- running
