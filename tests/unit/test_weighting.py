@@ -367,3 +367,23 @@ def test_each_method_gets_only_its_own_options(tiny_synthetic):
     assert cfg.loss.weighting_options() == {"lr": 0.05, "decay": 0.0}
     famo = build_loss(cfg.loss, prepare(cfg.data).tasks).weighting.scalarizer
     assert (famo.lr, famo.weight_decay) == (0.05, 0.0)
+
+
+def test_famo_task_without_labels_in_the_batch_sits_the_step_out():
+    w = WEIGHTINGS["famo"](["a", "b", "c"])
+    a, b, c = leaf(1.0), leaf(3.0), leaf(0.0)  # c: no label in this batch (masked loss 0)
+    w.backward({"a": a, "b": b, "c": c}, 0.0, [])
+    # a and b share the step as FAMO weights two tasks (z = 1/2 each): (0.75, 0.25); c gets 0.
+    assert (a.grad.item(), b.grad.item()) == pytest.approx((0.75, 0.25))
+    assert c.grad.item() == pytest.approx(0.0, abs=1e-12)
+    assert w.current_weights()["c"] == pytest.approx(0.0, abs=1e-12)
+    w.after_step(lambda: {"a": torch.tensor(0.5), "b": torch.tensor(2.7), "c": torch.tensor(0.0)})
+    (logits,) = w.scalarizer.parameters()
+    # c's logit does not move; a's and b's take Adam's first step, lr against their
+    # gradient's sign, as in the two-task test above.
+    assert logits.tolist() == pytest.approx([-0.025, 0.025, 0.0], abs=1e-6)
+    # Back with labels, c is weighted by its logit like the others: z = softmax(w).
+    a, b, c = leaf(1.0), leaf(1.0), leaf(1.0)
+    w.backward({"a": a, "b": b, "c": c}, 0.0, [])
+    z = torch.softmax(logits.detach(), 0).tolist()
+    assert [a.grad.item(), b.grad.item(), c.grad.item()] == pytest.approx(z, abs=1e-6)
