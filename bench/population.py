@@ -11,8 +11,9 @@
   best params retrained on the training split (early-stopped on validation) and scored on test.
 - **Cross-validation.** Cost: the same batch of trials with ``search.cv_folds=5`` against the
   fixed split, both as a population (a trial's 5 folds are 5 members of the batch). Effect: on
-  penguins and Adult, the search choosing by 5-fold CV against choosing on the validation split
-  (same sampler seed and trials): the chosen weights and penalties and the test result.
+  penguins, the search choosing by 5-fold CV against choosing on the validation split (same
+  sampler seed and trials): the chosen weights and penalties and the test result. The full
+  run leaves Adult out of this section and the previous one (see ``ADULT_LEFT_OUT``).
 - **Memory.** Peak resident memory of a process that trains K Adult members for one epoch,
   against K, and the largest K that fits in 8 GiB by a linear fit.
 
@@ -52,6 +53,20 @@ SMOKE_THREADS = 1
 TARGET_SPEEDUP = 4.0  # trials per hour at K = 16 against the sequential search
 TARGET_CV_COST = 2.0  # 5-fold CV as a population against the fixed split, wall time
 MEMORY_LIMIT = 8 * 2**30
+# Why the full run leaves Adult out of two sections (measured in a run that kept it in).
+_ADULT_BATCHES = (
+    "Adult is left out of this section. Its config opens the architecture, the weighting "
+    "method, the representations and the sizes, so the 16 trials of a batch almost never "
+    "share a shape (see the throughput table) and train one after another, unpruned: the "
+    "median pruner sees no completed trial of the trial's own batch. In a run that kept Adult "
+    "in, the sequential search's trials took about 55 s each, so a batch of 16 takes about "
+    "16 x 55 s, some 15 minutes"
+)
+ADULT_LEFT_OUT = {
+    "quality": _ADULT_BATCHES + ", and at a 90 s budget the population side would hold no result.",
+    "cv": _ADULT_BATCHES + " for the fixed split and more with 5 folds (a trial's folds do "
+    "share a shape, so they batch), over half an hour for the two searches of the effect.",
+}
 FORBIDDEN = ("prefect", "mlflow", "optuna")
 
 
@@ -94,13 +109,15 @@ def settings(smoke: bool, out: Path) -> dict[str, Any]:
             "trials": 16,
         },
         "quality": {
-            "datasets": ["default", "penguins", "adult"],
+            "datasets": ["default", "penguins"],
             "seconds": 90.0,
             "seeds": [0, 1, 2],
             "population": 16,
+            "note": ADULT_LEFT_OUT["quality"],
         },
         "cv": {
-            "datasets": ["penguins", "adult"],
+            "datasets": ["penguins"],
+            "note": ADULT_LEFT_OUT["cv"],
             "k": 5,
             "population": 16,
             "sizes": [1, 16],
@@ -245,6 +262,8 @@ def throughput(st: dict, report: Report, tmp: Path) -> dict:
 def quality(st: dict, report: Report, tmp: Path) -> dict:
     """Best validation objective and test result, sequential against population, same seconds."""
     s, out = st["quality"], {}
+    if s.get("note"):
+        report.add(s["note"])
     minutes = s["seconds"] / 60
     for name in s["datasets"]:
         per_seed = []
@@ -317,6 +336,8 @@ def quality(st: dict, report: Report, tmp: Path) -> dict:
 def cross_validation(st: dict, report: Report, tmp: Path) -> dict:
     """5-fold CV's wall time against the fixed split, and whether it changes the choice."""
     s, out = st["cv"], {}
+    if s.get("note"):
+        report.add(s["note"])
     k, pop, n = s["k"], s["population"], s["trials"]
     for name in s["datasets"]:
         fixed = [f"search.n_trials={n}", f"search.population={pop}"]
