@@ -43,6 +43,7 @@ import dataclasses
 import math
 import os
 import signal
+import sqlite3
 import statistics
 import time
 import warnings
@@ -219,9 +220,14 @@ def _sqlite_wal(connection: Any, _record: Any) -> None:
     longer wait for a writer, which helps the runs of one host that share a file.
     """
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        # Persistent in the file once set. Switching needs the file to itself: if another
+        # process holds it in the old mode, this connection works in that mode instead.
+        with contextlib.suppress(sqlite3.OperationalError):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
 
 
 def trial_seed(seed: int, number: int) -> int:
