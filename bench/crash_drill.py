@@ -18,9 +18,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 from bench.common import Report, fmt, parse_args, quiet_optuna
 
@@ -183,14 +181,14 @@ def main() -> None:
         report.results = {"skipped": "needs the real stack"}
         report.write()
         return
-    from bench.stack import deploy, local_stack, write_config
+    from bench.stack import bundled_config, deploy, local_stack
 
     rng = random.Random(args.seed)
     rows = []
     stack = local_stack(logs="crash_drill")
-    with tempfile.TemporaryDirectory(prefix="mtl-bench-crash-") as tmp, stack as env:
+    with bundled_config("bench-crash", CONFIG) as config, stack as env:
         os.environ.update(env)
-        deployment = deploy(env, write_config(Path(tmp), CONFIG), "bench-crash")
+        deployment = deploy(env, config, "bench-crash")
         for i in range(args.repeats):
             rows.append(repetition(env, deployment, rng, i, args.max_delay))
             print(rows[-1], flush=True)

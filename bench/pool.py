@@ -29,10 +29,8 @@ Run ``python -m bench.pool [--smoke] [--out DIR] [--trials N]``.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 
 from bench.common import Report, fmt, met, parse_args, quiet_optuna
 
@@ -144,13 +142,13 @@ def main() -> None:
         report.results = {"skipped": "needs the real stack"}
         report.write()
         return
-    from bench.stack import deploy, local_stack, write_config
+    from bench.stack import bundled_config, deploy, local_stack
 
     rows = []
     stack = local_stack(logs="pool")
-    with tempfile.TemporaryDirectory(prefix="mtl-bench-pool-") as tmp, stack as env:
+    with bundled_config("bench-pool", CONFIG) as config, stack as env:
         os.environ.update(env)  # the study is read from the stack's PostgreSQL
-        deployment = deploy(env, write_config(Path(tmp), CONFIG), "bench-pool")
+        deployment = deploy(env, config, "bench-pool")
         for executor in ("local", "pool"):
             for workers in (1, 2):
                 rows.append(run_one(env, deployment, executor, workers, args.trials))

@@ -147,10 +147,18 @@ def wait_for_final(env: dict[str, str], run_id: str, timeout: float) -> dict[str
     raise TimeoutError(f"flow run {run_id} not final after {timeout:.0f} s")
 
 
-def write_config(folder: Path, config: dict[str, Any]) -> Path:
-    """The benchmark's config as a YAML file the worker can read (absolute path)."""
+@contextlib.contextmanager
+def bundled_config(name: str, config: dict[str, Any]) -> Iterator[Path]:
+    """The benchmark's config as ``configs/<name>.yaml`` while the benchmark runs.
+
+    A deployment runs only the configs bundled in ``configs/`` (README: Trust boundary),
+    as the server tests' ``servers-tiny`` does; the file is removed at the end.
+    """
     import yaml
 
-    path = folder / "bench.yaml"
+    path = REPO / "configs" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return path
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
