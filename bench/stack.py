@@ -151,8 +151,9 @@ def wait_for_final(env: dict[str, str], run_id: str, timeout: float) -> dict[str
 def bundled_config(name: str, config: dict[str, Any]) -> Iterator[Path]:
     """The benchmark's config as ``configs/<name>.yaml`` while the benchmark runs.
 
-    A deployment runs only the configs bundled in ``configs/`` (README: Trust boundary),
-    as the server tests' ``servers-tiny`` does; the file is removed at the end.
+    A deployment runs only the configs bundled in ``configs/`` (README: Trust boundary);
+    the benchmarks and the server tests' ``servers-tiny`` put theirs there this way, and
+    the file is removed at the end.
     """
     import yaml
 

@@ -27,9 +27,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from bench.stack import free_ports
+from bench.stack import bundled_config, free_ports
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / ".state" / "test-artifacts"
@@ -174,10 +173,8 @@ def tiny_config(stack) -> Path:
     A deployment runs bundled configs only (the dashboard offers configs/ as a
     dropdown), and the worker runs flows from the repository root.
     """
-    path = REPO / "configs" / "servers-tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    yield path
-    path.unlink(missing_ok=True)
+    with bundled_config("servers-tiny", TINY) as path:
+        yield path
 
 
 def _away_from_now(hours: int) -> int:
