@@ -483,6 +483,14 @@ def suggest(trial: optuna.Trial, cfg: ExperimentConfig) -> dict[str, Any]:
             params[f"features.{key}"] = _choose(
                 trial, key, getattr(space, key), getattr(cfg.features, key)
             )
+    if space.frequency_scale is not None:
+        embedding = params.get("features.numeric_embedding", cfg.features.numeric_embedding)
+        rng = space.frequency_scale
+        params["features.frequency_scale"] = (
+            trial.suggest_float("frequency_scale", rng.low, rng.high, log=rng.log)
+            if embedding == "periodic"
+            else None
+        )
     arch = _choose(trial, "arch", space.arch, cfg.model.arch)
     if space.arch:
         params["model.arch"] = arch

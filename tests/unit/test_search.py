@@ -134,7 +134,12 @@ def test_open_choices_are_sampled_with_conditional_parameters(tiny_synthetic, mo
     # experts, and a weighting method that learns its own weights.
     monkeypatch.setitem(ARCHS, "mmoe", ARCHS["shared_bottom"])
     monkeypatch.setitem(WEIGHTINGS, "learned", type("Learned", (Weighting,), {}))
-    cfg = tiny_synthetic(*STUDY, *CHOICES, "search.weighting=[static, learned]")
+    cfg = tiny_synthetic(
+        *STUDY,
+        *CHOICES,
+        "search.weighting=[static, learned]",
+        "search.frequency_scale={low: 0.3, high: 30.0}",
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     params = [search.suggest(study.ask(), cfg) for _ in range(60)]
     keys = set(params[0])
@@ -148,12 +153,20 @@ def test_open_choices_are_sampled_with_conditional_parameters(tiny_synthetic, mo
         "features.numeric",
         "features.numeric_embedding",
         "features.categorical",
+        "features.frequency_scale",
         "tasks.y0_value.weight",
     }
     assert all(set(p) == keys for p in params)  # the same keys in every trial
     for p in params:
         # Expert counts only for an architecture with experts.
         assert (p["model.n_experts"] is None) == (p["model.arch"] != "mmoe")
+        # A frequency scale only for periodic numeric embeddings, within its range.
+        periodic = p["features.numeric_embedding"] == "periodic"
+        assert (p["features.frequency_scale"] is None) == (not periodic)
+        if periodic:
+            assert 0.3 <= p["features.frequency_scale"] <= 30.0
+            applied = search.apply_params(cfg, p).features.frequency_scale
+            assert applied == p["features.frequency_scale"]
         # Static task weights only for the static weighting.
         assert (p["tasks.y0_value.weight"] is None) == (p["loss.weighting"] == "learned")
     seen = {k: {p[k] for p in params} for k in keys if not k.startswith("tasks.")}
