@@ -178,6 +178,35 @@ def test_open_choices_are_sampled_with_conditional_parameters(tiny_synthetic, mo
         assert ("n_experts" in trial.params) == (trial.params["arch"] == "mmoe")
 
 
+def test_every_range_and_choice_of_the_search_config_is_sampled(tiny_synthetic):
+    # A range or list field of SearchConfig that suggest() never reads would be a config
+    # key silently ignored (a merge once dropped frequency_scale that way).
+    import typing
+
+    from mtl_core.config import Range, SearchConfig
+
+    def open_field(annotation) -> bool:
+        args = typing.get_args(annotation)
+        return (
+            annotation is Range or Range in args or any(typing.get_origin(a) is list for a in args)
+        )
+
+    fields = {n for n, f in SearchConfig.model_fields.items() if open_field(f.annotation)}
+    assert {"lr", "l1", "l2", "arch", "frequency_scale"} <= fields
+    cfg = tiny_synthetic(
+        *STUDY,
+        *CHOICES,
+        "search.frequency_scale={low: 0.3, high: 30.0}",
+        "search.dropout={low: 0.0, high: 0.3, log: false}",
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = set()
+    for _ in range(30):
+        p = search.suggest(study.ask(), cfg)
+        sampled |= {key.split(".")[-1] for key, value in p.items() if value is not None}
+    assert fields <= sampled, f"never sampled: {sorted(fields - sampled)}"
+
+
 def test_applied_choices_train(tiny_synthetic, storage):
     cfg = tiny_synthetic(*STUDY, *CHOICES[2:], "search.n_trials=4")
     data = prepare(cfg.data, cfg.features)
