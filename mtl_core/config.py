@@ -345,6 +345,12 @@ class SearchConfig(_Strict):
     population: Int = Field(
         1, ge=1, le=4096, description="Trials trained at once as one batched model; 1 = one by one."
     )
+    population_choices: Literal["shared", "per_trial"] = Field(
+        "shared",
+        description="Population mode: 'shared' gives a batch's trials its first trial's open "
+        "choices (so they share a shape and train as one model) and samples the ranges per "
+        "trial; 'per_trial' samples everything per trial.",
+    )
     cv_folds: Int = Field(
         1, ge=1, le=20, description="k-fold CV on the training split; 1 = the validation split."
     )

@@ -31,9 +31,12 @@ search runs in batches through Optuna's ask-and-tell interface instead of
 together with :func:`mtl_core.population.train_population` (a trial with k folds
 is k members), reports each trial's per-epoch value to its trial and prunes it
 there, and tells each trial its outcome. TPE's ``constant_liar`` keeps the trials
-of a batch apart. A trial's value under cross-validation is the mean over its
-folds of the best validation objective. Batches claim their trials, record their
-owner and close stale trials exactly as single trials do.
+of a batch apart. By default (``search.population_choices: shared``) the trials of
+a batch take the open choices of its first trial and differ in the ranges, so
+that they share one shape and train as one batched model. A trial's value under
+cross-validation is the mean over its folds of the best validation objective.
+Batches claim their trials, record their owner and close stale trials exactly as
+single trials do.
 """
 
 from __future__ import annotations
@@ -455,6 +458,19 @@ def simplex_weights(u: list[float], n_tasks: int) -> list[float]:
 
 # Architectures that have experts, so that ``search.n_experts`` applies to them.
 EXPERT_ARCHS = ("mmoe", "ple")
+# The Optuna parameters of the open choices: what sets a trial's shape and training code, so
+# the trials of a batch share them under ``search.population_choices: shared``.
+CHOICE_PARAMS = (
+    "numeric",
+    "numeric_embedding",
+    "categorical",
+    "arch",
+    "n_experts",
+    "weighting",
+    "batch_size",
+    "width",
+    "depth",
+)
 
 
 def _choose(trial: optuna.Trial, name: str, choices: list | None, default: Any) -> Any:
@@ -1055,11 +1071,20 @@ def run_batch(
     ``cfg.search.n_trials`` trials that count or run (closing stale trials when that
     is fewer than ``n``), as :func:`run_worker` does for single trials. Each trial
     gets ``labels`` as user attrs.
+
+    Under ``search.population_choices: shared`` the batch's first trial that trains
+    samples everything; each later trial is enqueued (``Study.enqueue_trial``) with
+    that trial's open choices (:data:`CHOICE_PARAMS`) fixed, so the sampler draws only
+    its ranges (weights, penalties, learning rate, dropout, frequency scale) and the
+    batch trains as one model instead of one group per shape.
     """
     runs: list[_TrialRun] = []
     live: list[_TrialRun] = []
     members: list[Member] = []
     stamp = {OWNER_ATTR: Owner.current().as_dict(), **(labels or {})}
+    # Under ``population_choices: shared``, the open choices of the batch's first trial that
+    # trains; the later trials are enqueued with them fixed and sample only the ranges.
+    shared: dict[str, Any] | None = None
     try:
         with contextlib.ExitStack() as beats:
             # The claim covers asking the batch: its trials count once they exist and are owned.
@@ -1069,6 +1094,8 @@ def run_batch(
                     free = cfg.search.n_trials - _claimed(study)
                 n = min(n, free)
                 while len(runs) < n:
+                    if shared:
+                        study.enqueue_trial(shared, skip_if_exists=False)
                     run = _TrialRun(_ask(study, beats, stamp))
                     runs.append(run)
                     try:
@@ -1092,6 +1119,9 @@ def run_batch(
                     run.members = list(range(len(members), len(members) + len(new)))
                     members += new
                     live.append(run)
+                    if shared is None and cfg.search.population_choices == "shared":
+                        p = run.trial.params
+                        shared = {k: p[k] for k in CHOICE_PARAMS if k in p}
             outcomes = train_population(
                 members,
                 device=device,

@@ -284,6 +284,63 @@ def test_cv_trial_value_is_the_mean_of_its_logged_folds(tiny_synthetic, storage)
         assert epochs == [1, 2]
 
 
+OPEN = [
+    "search.width=[8, 16, 32]",
+    "search.depth=[1, 2]",
+    "search.batch_size=[32, 64]",
+    "search.numeric=[standard, quantile]",
+    "search.dropout={low: 0.05, high: 0.3, log: false}",
+]
+
+
+def _groups(monkeypatch) -> list[list[list[int]]]:
+    """The batchable groups of each batch, as train_population formed them."""
+    from mtl_core import population
+
+    seen: list[list[list[int]]] = []
+    real = population.group_members
+
+    def spy(members, **kw):
+        groups, singles = real(members, **kw)
+        seen.append([*groups, *([i] for i in singles)])
+        return groups, singles
+
+    monkeypatch.setattr(population, "group_members", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_trial"])
+def test_open_choices_are_shared_within_a_batch(tiny_synthetic, storage, monkeypatch, mode):
+    cfg = tiny_synthetic(
+        *STUDY,
+        *OPEN,
+        "search.population=4",
+        "search.n_trials=8",
+        f"search.population_choices={mode}",
+    )
+    groups = _groups(monkeypatch)
+    assert search.run_worker(cfg, prepare(cfg.data), storage, 8, device="cpu") == 8
+    study = search.open_study(cfg, storage)
+    assert _states(study) == ["COMPLETE"] * 8  # no WAITING trial is left behind
+    trials = sorted(study.trials, key=lambda t: t.number)
+    batches = [trials[:4], trials[4:]]
+    choices = ["width", "depth", "batch_size", "numeric"]
+    picks = [{tuple(t.params[c] for c in choices) for t in batch} for batch in batches]
+    if mode == "shared":
+        # One set of choices per batch, and one batched model per batch.
+        assert [len(p) for p in picks] == [1, 1]
+        assert groups == [[[0, 1, 2, 3]], [[0, 1, 2, 3]]]
+        for t in trials[1:4]:  # the choices came from the first trial; the ranges did not
+            assert t.system_attrs["fixed_params"] == {c: trials[0].params[c] for c in choices}
+            assert t.params["lr"] != trials[0].params["lr"]
+            assert t.params["dropout"] != trials[0].params["dropout"]
+        assert trials[0].params != trials[4].params
+    else:
+        assert all(len(p) > 1 for p in picks)
+        assert all(len(g) > 1 for g in groups)  # trials of several shapes: several groups
+        assert not any("fixed_params" in t.system_attrs for t in trials)
+
+
 def test_population_and_cv_folds_are_validated(tiny_synthetic):
     from mtl_core.errors import ConfigError
 
@@ -292,3 +349,6 @@ def test_population_and_cv_folds_are_validated(tiny_synthetic):
         tiny_synthetic("search.population=0")
     with pytest.raises(ConfigError, match=r"search\.cv_folds"):
         tiny_synthetic("search.cv_folds=0")
+    assert tiny_synthetic().search.population_choices == "shared"
+    with pytest.raises(ConfigError, match=r"search\.population_choices.*'shared' or 'per_trial'"):
+        tiny_synthetic("search.population_choices=some")
