@@ -24,8 +24,15 @@ What is batched (may differ between the members of one group):
 What is not: members are grouped by everything that changes shapes or the
 computation (architecture and its sizes, activation, norm, towers, the input
 representation and its embeddings, the parameter shapes, batch size, epochs,
-optimiser kind, schedule, penalty scope, bf16, device). Weighting methods other
-than ``static`` are not batched: those members, and a group of one, train
+optimiser kind, schedule, penalty scope, weighting method, bf16, device).
+
+Weighting methods whose step is a function of the member's own task losses are
+batched (:data:`BATCHED_WEIGHTINGS`): ``static`` (each member's task weights),
+``dwa`` (each member's weights from its own last two epochs, at its own
+temperature) and ``uncertainty`` (each member's learned log-variances, stacked
+with its weights and stepped by its AdamW, as ``fit`` steps them with the model).
+Those that act on gradients (``upgrad``, ``pcgrad``) or step their own weights by
+their own rule (``famo``) are not: those members, and a group of one, train
 sequentially through :func:`~mtl_core.train.train_from_config` (``fit``), with the
 same callbacks. BatchNorm (``model.norm: batch``) is batched, with each member's
 running statistics stacked like its weights; since a padded row would enter the
@@ -130,10 +137,17 @@ class EpochEvent:
 OnEpoch = Callable[[EpochEvent], Mapping[int, BaseException] | None]
 
 
+# The weighting methods the batched trainer implements (see the module's docstring).
+BATCHED_WEIGHTINGS = ("static", "dwa", "uncertainty")
+
+
 def sequential_reason(member: Member) -> str | None:
     """Why ``member`` cannot be batched, or None when it can."""
-    if member.cfg.loss.weighting != "static":
-        return f"loss.weighting '{member.cfg.loss.weighting}' is not batched (only 'static' is)"
+    if member.cfg.loss.weighting not in BATCHED_WEIGHTINGS:
+        return (
+            f"loss.weighting '{member.cfg.loss.weighting}' is not batched "
+            f"(only {', '.join(BATCHED_WEIGHTINGS)} are)"
+        )
     return None
 
 
@@ -237,6 +251,7 @@ def _shape_key(member: Member, device, epochs) -> tuple:
         t.bf16,
         str(resolve_device(device or t.device)),
         cfg.loss.penalty_scope,
+        cfg.loss.weighting,
         len(train) if cfg.model.norm == "batch" else None,
     )
 
@@ -371,9 +386,12 @@ class _Rows:
 class _Population:
     """The stacked state of the members still training; one row per member.
 
-    Parameters live in one flat leaf tensor (K, P) whose split views are the
+    Parameters live in one flat leaf tensor (K, P + E) whose split views are the
     member's named parameters, so the optimiser, clipping, masking, snapshots
-    and dropping members are each a handful of whole-tensor operations.
+    and dropping members are each a handful of whole-tensor operations. The E
+    extra columns are what the weighting method learns (uncertainty's T
+    log-variances; none for the others): the optimiser steps them with the
+    model, the penalty and clipping leave them out, as in ``fit``.
     """
 
     def __init__(self, members: Sequence[Member], models: list[MultiTaskModel], device) -> None:
@@ -381,6 +399,8 @@ class _Population:
         self.tasks = list(members[0].data.tasks)
         self.task_names = [t.name for t in self.tasks]
         cfgs = [m.cfg for m in members]
+        self.weighting = cfgs[0].loss.weighting
+        self.n_extra = len(self.task_names) if self.weighting == "uncertainty" else 0
         self._stack_weights(models, [c.model.dropout for c in cfgs])
         self._stack_settings(cfgs, models[0])
         self._stack_data(members)
@@ -400,9 +420,11 @@ class _Population:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
+        self.n_model = sum(self.sizes)
         self.state_keys = list(first.state_dict())
+        extra = torch.zeros(self.n_extra)  # log-variances start at 0, as torchjd's UW's do
         self.flat = torch.stack(
-            [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models]
+            [torch.cat([*(p.detach().reshape(-1) for p in m.parameters()), extra]) for m in models]
         ).to(dev)
         self.flat.requires_grad_(True)
         buffers = [dict(m.named_buffers()) for m in models]
@@ -427,9 +449,14 @@ class _Population:
         self.l1 = vec([c.loss.l1 for c in cfgs])
         self.l2 = vec([c.loss.l2 for c in cfgs])
         self.W = vec([[c.task_weights()[t] for t in self.task_names] for c in cfgs])  # (K, T)
+        if self.weighting == "dwa":  # 1 each until two epochs' mean losses exist
+            self.W = torch.ones_like(self.W)
+        self.temperature = vec([c.loss.dwa_temperature for c in cfgs])
+        self.epoch_means: list[torch.Tensor] = []  # DWA: the last two epochs' task losses (K, T)
         penalised = {id(p) for p in penalised_parameters(first, cfgs[0].loss.penalty_scope)}
-        self.pmask = torch.cat(  # (P,): 1 where the L1/L2 penalty applies
+        self.pmask = torch.cat(  # (P + E,): 1 where the L1/L2 penalty applies
             [torch.full((p.numel(),), float(id(p) in penalised)) for p in first.parameters()]
+            + [torch.zeros(self.n_extra)]
         ).to(dev)
         self.optimizer, self.momentum = cfgs[0].train.optimizer, cfgs[0].train.momentum
         self.m = torch.zeros_like(self.flat, requires_grad=False)  # first moment, or momentum
@@ -458,14 +485,20 @@ class _Population:
     def params(self) -> dict[str, torch.Tensor]:
         """Each parameter as a (K, *shape) view of the flat tensor (gradients flow to it)."""
         k = len(self)
-        parts = self.flat.split(self.sizes, dim=1)
+        parts = self.flat[:, : self.n_model].split(self.sizes, dim=1)
         return {n: t.view(k, *s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
 
-    def _member_loss(self, params, buffers, x, c, y, w):
-        """One member's weighted task loss and task losses (T,): the static weighting's sum."""
+    def _member_loss(self, params, buffers, x, c, y, w, extra):
+        """One member's weighted total and task losses (T,).
+
+        ``w`` (T,) are the member's task weights (static, or DWA's of this epoch);
+        ``extra`` (E,) what its weighting learns (uncertainty's log-variances s).
+        """
         out = functional_call(self.base, (params, buffers), (x, c))
         per_task = masked_task_losses(self.tasks, out, y)
         losses = torch.stack([per_task[t] for t in self.task_names])  # (T,)
+        if self.weighting == "uncertainty":  # torchjd's UW: sum_t (exp(-s_t) L_t + s_t) / 2
+            return (0.5 * torch.exp(-extra) * losses + 0.5 * extra).sum(), losses
         return (w * losses).sum(), losses
 
     def _member_sums(self, params, buffers, x, c, y):
@@ -514,8 +547,11 @@ class _Population:
         clip_on = bool(torch.isfinite(self.clip).any())
         for s, width in enumerate(widths):
             xb, cb, yb = self.train.take(self.variant, idx[:, s * bs : s * bs + width])
+            extra = self.flat[:, self.n_model :]
             with self.autocast:
-                weighted, losses = self._train_fn(self.params(), self.buffers, xb, cb, yb, self.W)
+                weighted, losses = self._train_fn(
+                    self.params(), self.buffers, xb, cb, yb, self.W, extra
+                )
             total = weighted.float()
             if l1_on:
                 total = total + self.l1 * (self.flat.abs() * self.pmask).sum(1)
@@ -527,15 +563,32 @@ class _Population:
                 # A member that diverges is frozen from this step on; the others go on.
                 self.ok &= torch.isfinite(total) | ~has[s]
                 grad = self.flat.grad
-                if clip_on:  # each member's own norm, as clip_grad_norm_ over its parameters
-                    norm = torch.linalg.vector_norm(grad, dim=1)
-                    grad = grad * (self.clip / (norm + 1e-6)).clamp(max=1.0)[:, None]
+                if clip_on:  # each member's own norm, as clip_grad_norm_ over its model's
+                    model_grad = grad[:, : self.n_model]  # parameters (not the weighting's)
+                    norm = torch.linalg.vector_norm(model_grad, dim=1)
+                    scale = (self.clip / (norm + 1e-6)).clamp(max=1.0)[:, None]
+                    grad = torch.cat([model_grad * scale, grad[:, self.n_model :]], dim=1)
                 self._update(grad, has[s] & self.ok, lr)
                 total_sum += torch.where(has[s], total.detach(), 0.0)
                 task_sum += torch.where(has[s][:, None], losses.detach().float(), 0.0)
         n = torch.tensor([max(st, 1) for st in steps], device=self.device, dtype=torch.float32)
+        if self.weighting == "dwa":
+            self._dwa_epoch_end(task_sum / n[:, None])
         both = torch.cat([(total_sum / n)[:, None], task_sum / n[:, None]], dim=1).tolist()
         return [row[0] for row in both], [row[1:] for row in both]  # the epoch's one host sync
+
+    @torch.no_grad()
+    def _dwa_epoch_end(self, means: torch.Tensor) -> None:
+        """Next epoch's DWA weights from this epoch's mean task losses (K, T), as torchjd's DWA.
+
+        With two epochs' means, member k's weight of task t is
+        T softmax_t(r_kt / temperature_k), r_kt the ratio of its last to its previous mean.
+        """
+        self.epoch_means = [*self.epoch_means, means][-2:]
+        if len(self.epoch_means) == 2:
+            older, newer = self.epoch_means
+            rates = newer / older / self.temperature[:, None]
+            self.W = means.shape[1] * torch.softmax(rates, dim=1)
 
     @torch.no_grad()
     def _update(self, grad: torch.Tensor, active: torch.Tensor, lr: torch.Tensor) -> None:
@@ -629,7 +682,7 @@ class _Population:
 
     def best_state(self, row: int) -> dict[str, torch.Tensor]:
         """Row ``row``'s best weights as a ``MultiTaskModel`` state_dict."""
-        parts = self.best_flat[row].split(self.sizes)
+        parts = self.best_flat[row, : self.n_model].split(self.sizes)
         pairs = zip(self.names, parts, self.shapes, strict=True)
         state = {n: t.view(s).clone() for n, t, s in pairs}
         state.update({n: self.best_buffers[n][row].clone() for n in self.persistent})
@@ -640,10 +693,12 @@ class _Population:
         """Drop every member not in ``rows`` from the stacked state."""
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.flat = self.flat.detach().index_select(0, idx).requires_grad_(True)
-        for name in ("m", "v", "step", "ok", "best_flat", "lr", "wd", "clip", "l1", "l2", "W"):
+        names = ("m", "v", "step", "ok", "best_flat", "lr", "wd", "clip", "l1", "l2", "W")
+        for name in (*names, "temperature"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, idx))
+        self.epoch_means = [m.index_select(0, idx) for m in self.epoch_means]
         self.variant = self.variant.index_select(0, idx)
         self.buffers = {n: b.index_select(0, idx) for n, b in self.buffers.items()}
         self.best_buffers = {n: b.index_select(0, idx) for n, b in self.best_buffers.items()}
@@ -745,7 +800,8 @@ def fit_group(
     clipping, AdamW or SGD update, schedule, early stopping and best weights.
 
     Args:
-        members: Members sharing one shape key; ``loss.weighting`` must be ``static``.
+        members: Members sharing one shape key; ``loss.weighting`` must be one of
+            :data:`BATCHED_WEIGHTINGS`.
         device: Overrides the members' ``train.device``.
         epochs: Overrides the members' ``train.epochs``.
         callbacks: Per member, as in :func:`train_population`.

@@ -18,6 +18,7 @@ from mtl_core.population import (
     _MemberDropout,
     fit_group,
     group_members,
+    sequential_reason,
     train_population,
 )
 from mtl_core.train import train_from_config
@@ -55,6 +56,15 @@ VARIANTS = {
         "model.arch=ple",
         "features.numeric_embedding=piecewise_linear",
         "model.norm=layer",
+    ],
+    # DWA's weights differ from 1 from epoch 3; uncertainty's log-variances are stepped by
+    # AdamW with the model (weight decay too), outside clipping and the penalty.
+    "dwa": ["loss.weighting=dwa", "loss.dwa_temperature=0.5", "train.grad_clip=0.5"],
+    "uncertainty, weight decay, l2": [
+        "loss.weighting=uncertainty",
+        "train.weight_decay=0.05",
+        "loss.l2=1e-3",
+        "train.grad_clip=0.5",
     ],
     "weights, no clipping, step": [
         "loss.weights={y0_value: 0.4, y1_positive: 1.6}",
@@ -114,6 +124,25 @@ def test_members_with_their_own_settings_each_match_their_own_fit(tiny_synthetic
     lengths = [len(res.history) for _, res in batched]
     assert len(set(lengths)) > 1, "early stopping is each member's own"
     assert len({res.best_val_objective for _, res in batched}) == len(cfgs)
+
+
+@pytest.mark.parametrize("weighting", ["dwa", "uncertainty"])
+def test_members_of_a_batched_weighting_each_match_their_own_fit(tiny_synthetic, weighting):
+    base = tiny_synthetic("train.epochs=6", "train.min_delta=0.0", f"loss.weighting={weighting}")
+    data = prepare(base.data, base.features)
+    settings = [
+        {"train": {"lr": 3e-3}, "loss": {"dwa_temperature": 0.5}},
+        # Stops early, so the others go on without its row (and its DWA history).
+        {"train": {"lr": 3e-2, "patience": 1, "min_delta": 0.2}, "loss": {"dwa_temperature": 5}},
+        {"train": {"lr": 1e-2, "seed": 7, "grad_clip": 0.5}, "loss": {"l2": 1e-2}},
+    ]
+    cfgs = [_with(base, **s) for s in settings]
+    batched = fit_group([Member(c, data) for c in cfgs])
+    for cfg, (_, res) in zip(cfgs, batched, strict=True):
+        _, ref = train_from_config(cfg, data)
+        _close(res, ref, rel=1e-5)
+    lengths = [len(res.history) for _, res in batched]
+    assert min(lengths) < max(lengths) == 6
 
 
 def _sgd(tiny_synthetic, lr: float) -> ExperimentConfig:
@@ -197,10 +226,13 @@ def test_members_are_grouped_by_shape(tiny_synthetic, monkeypatch):
         Member(_with(cfg, model={"dropout": 0.5}, train={"lr": 2e-3}), data),
         Member(_with(cfg, loss={"weighting": "static_copy"}), data),  # not batched
         Member(_with(cfg, train={"batch_size": 32}), data),
+        Member(_with(cfg, loss={"weighting": "dwa"}), data),  # batched, apart from static
+        Member(_with(cfg, loss={"weighting": "dwa", "dwa_temperature": 1.0}), data),
+        Member(_with(cfg, loss={"weighting": "pcgrad"}), data),  # acts on gradients: fit
     ]
     groups, singles = group_members(members)
-    assert sorted(groups) == [[0, 1], [3, 4]]
-    assert singles == [2, 5, 6]
+    assert sorted(groups) == [[0, 1], [3, 4], [7, 8]]
+    assert singles == [2, 5, 6, 9]
     out = train_population(members)
     # A member trained alone goes through fit itself: the same result as train_from_config.
     _, ref = train_from_config(members[5].cfg, data)
@@ -208,6 +240,7 @@ def test_members_are_grouped_by_shape(tiny_synthetic, monkeypatch):
         log.val_objective for log in ref.history
     ]
     assert all(res.error is None and len(res.history) == 2 for _, res in out)
+    assert "not batched" in sequential_reason(members[9])
 
 
 def test_member_dropout_draws_its_own_masks_at_its_own_rate():
