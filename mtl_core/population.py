@@ -567,7 +567,10 @@ class _Population:
                     model_grad = grad[:, : self.n_model]  # parameters (not the weighting's)
                     norm = torch.linalg.vector_norm(model_grad, dim=1)
                     scale = (self.clip / (norm + 1e-6)).clamp(max=1.0)[:, None]
-                    grad = torch.cat([model_grad * scale, grad[:, self.n_model :]], dim=1)
+                    if self.n_extra:
+                        grad = torch.cat([model_grad * scale, grad[:, self.n_model :]], dim=1)
+                    else:
+                        grad = grad * scale
                 self._update(grad, has[s] & self.ok, lr)
                 total_sum += torch.where(has[s], total.detach(), 0.0)
                 task_sum += torch.where(has[s][:, None], losses.detach().float(), 0.0)
