@@ -22,7 +22,9 @@ Run ``python -m bench.overhead [--smoke] [--out DIR]``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -53,6 +55,7 @@ def settings(smoke: bool) -> tuple[int, list[str]]:
 def fresh_state() -> Path:
     """A new state folder, set before ``flows`` is imported; servers in the shell are ignored."""
     root = Path(tempfile.mkdtemp(prefix="mtl-bench-overhead-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the studies, runs and models
     os.environ["MTL_STATE_DIR"] = str(root / "state")
     for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MTL_OPTUNA_STORAGE", "PREFECT_HOME"):
         os.environ.pop(var, None)

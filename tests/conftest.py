@@ -1,12 +1,14 @@
 """Test session set-up: an isolated state folder and no stray servers.
 
 The state folder (Prefect home, MLflow store, Optuna studies) is a fresh
-temporary directory for the whole session, set before ``flows`` is imported,
+temporary directory for the whole session (removed when it ends), set before ``flows`` is imported,
 and any server a developer exported in their shell is ignored: tests that
 need a server start their own.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 MLFLOW_URIS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -14,6 +16,7 @@ MLFLOW_URIS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 for var in ("PREFECT_API_URL", "PREFECT_HOME", *MLFLOW_URIS, "MTL_OPTUNA_STORAGE"):
     os.environ.pop(var, None)
 os.environ["MTL_STATE_DIR"] = tempfile.mkdtemp(prefix="mtl-test-state-")
+atexit.register(shutil.rmtree, os.environ["MTL_STATE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
