@@ -1151,6 +1151,21 @@ def run_batch(
     return [run.frozen for run in runs]
 
 
+def _startup_room(cfg: ExperimentConfig, study: optuna.Study) -> int:
+    """The most trials the next batch may hold while the pruner is still starting up.
+
+    The median pruner compares a trial with completed trials only, never with those
+    of its own batch. Until the study holds ``pruner_startup_trials`` completed
+    trials, a batch holds just the trials still missing, so that the batches after
+    it can be pruned; a first batch of K would run all K unpruned.
+    """
+    need = cfg.search.pruner_startup_trials if cfg.search.pruner != "none" else 0
+    if need == 0:
+        return cfg.search.population
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return cfg.search.population if done >= need else need - done
+
+
 def run_batches(
     cfg: ExperimentConfig,
     data: PreparedData,
@@ -1167,6 +1182,8 @@ def run_batches(
     labels: dict[str, str] | None = None,
 ) -> int:
     """Run ``n_trials`` trials in batches of ``search.population`` (never more than asked for).
+
+    While the median pruner starts up, batches are smaller (:func:`_startup_room`).
 
     Each callback gets every trial once it is told, as ``Study.optimize``'s do;
     ``study.stop()`` there, or ``should_stop()`` returning True, ends the search
@@ -1193,7 +1210,7 @@ def run_batches(
     while ran < n_trials and not view.stopped:
         if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
             break
-        size = min(cfg.search.population, n_trials - ran)
+        size = min(cfg.search.population, n_trials - ran, _startup_room(cfg, study))
         told = run_batch(cfg, study, size, trial_data, device, logger_factory, claim, labels)
         if not told:  # the study already holds n_trials trials that count or run
             if not until_full or finished_trials(study) >= cfg.search.n_trials:

@@ -284,6 +284,20 @@ def test_cv_trial_value_is_the_mean_of_its_logged_folds(tiny_synthetic, storage)
         assert epochs == [1, 2]
 
 
+def test_batches_wait_for_the_pruner_to_start_up(tiny_synthetic, storage, monkeypatch):
+    # The median pruner needs 3 completed trials: the first batch holds just those, so the
+    # batches after it can be pruned; without a pruner the first batch is full.
+    median = [*STUDY, "search.pruner=median", "search.pruner_startup_trials=3"]
+    cfg = tiny_synthetic(*median, "search.population=4", "search.n_trials=9")
+    sizes = _batch_sizes(monkeypatch)
+    assert search.run_worker(cfg, prepare(cfg.data), storage, 9, device="cpu") == 9
+    assert sizes == [3, 4, 2]
+    cfg = tiny_synthetic(*STUDY, "search.population=4", "search.n_trials=9")
+    other = storage.replace("o.db", "p.db")
+    assert search.run_worker(cfg, prepare(cfg.data), other, 9, device="cpu") == 9
+    assert sizes == [3, 4, 2, 4, 4, 1]
+
+
 OPEN = [
     "search.width=[8, 16, 32]",
     "search.depth=[1, 2]",
