@@ -107,6 +107,16 @@ def test_one_member_with_batch_norm_matches_fit_closely(tiny_synthetic):
         assert x.val_objective == pytest.approx(y.val_objective, rel=1e-2)
 
 
+def _each_matches_its_own_fit(base: ExperimentConfig, data, settings: list[dict]) -> list:
+    """fit_group of ``base`` with each member's ``settings``; asserts each matches its fit."""
+    cfgs = [_with(base, **s) for s in settings]
+    batched = fit_group([Member(c, data) for c in cfgs])
+    for cfg, (_, res) in zip(cfgs, batched, strict=True):
+        _, ref = train_from_config(cfg, data)
+        _close(res, ref, rel=1e-5)
+    return batched
+
+
 def test_members_with_their_own_settings_each_match_their_own_fit(tiny_synthetic):
     base = tiny_synthetic("train.epochs=6", "train.min_delta=0.0")
     data = prepare(base.data, base.features)
@@ -116,14 +126,10 @@ def test_members_with_their_own_settings_each_match_their_own_fit(tiny_synthetic
         {"train": {"lr": 1e-4, "seed": 7, "grad_clip": 0.5}, "loss": {"l2": 1e-2}},
         {"train": {"lr": 1e-2, "weight_decay": 0.1, "min_delta": 0.05, "patience": 2}},
     ]
-    cfgs = [_with(base, **s) for s in settings]
-    batched = fit_group([Member(c, data) for c in cfgs])
-    for cfg, (_, res) in zip(cfgs, batched, strict=True):
-        _, ref = train_from_config(cfg, data)
-        _close(res, ref, rel=1e-5)
+    batched = _each_matches_its_own_fit(base, data, settings)
     lengths = [len(res.history) for _, res in batched]
     assert len(set(lengths)) > 1, "early stopping is each member's own"
-    assert len({res.best_val_objective for _, res in batched}) == len(cfgs)
+    assert len({res.best_val_objective for _, res in batched}) == len(settings)
 
 
 @pytest.mark.parametrize("weighting", ["dwa", "uncertainty"])
@@ -136,11 +142,7 @@ def test_members_of_a_batched_weighting_each_match_their_own_fit(tiny_synthetic,
         {"train": {"lr": 3e-2, "patience": 1, "min_delta": 0.2}, "loss": {"dwa_temperature": 5}},
         {"train": {"lr": 1e-2, "seed": 7, "grad_clip": 0.5}, "loss": {"l2": 1e-2}},
     ]
-    cfgs = [_with(base, **s) for s in settings]
-    batched = fit_group([Member(c, data) for c in cfgs])
-    for cfg, (_, res) in zip(cfgs, batched, strict=True):
-        _, ref = train_from_config(cfg, data)
-        _close(res, ref, rel=1e-5)
+    batched = _each_matches_its_own_fit(base, data, settings)
     lengths = [len(res.history) for _, res in batched]
     assert min(lengths) < max(lengths) == 6
 
