@@ -98,7 +98,6 @@ def local_stack(*components: str, logs: str | None = None) -> Iterator[dict[str,
         if logs and (folder / "logs").is_dir():
             shutil.rmtree(LOGS / logs, ignore_errors=True)
             shutil.copytree(folder / "logs", LOGS / logs, symlinks=True)
-        shutil.rmtree(folder, ignore_errors=True)  # the stack's databases and stores
         shutil.rmtree(folder, ignore_errors=True)
 
 
