@@ -62,7 +62,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -211,12 +211,13 @@ def group_members(
     """
     keyed: dict[tuple, list[int]] = {}
     singles = []
+    shapes: dict[str, tuple] = {}  # per spec layout: the members of a batch mostly share one
     for i, m in enumerate(members):
         if sequential_reason(m) is not None:
             singles.append(i)
             continue
         try:
-            key = _shape_key(m, device, epochs)
+            key = _shape_key(m, device, epochs, shapes)
         except Exception:  # fit raises the same error, with its message, for this member
             singles.append(i)
             continue
@@ -226,19 +227,32 @@ def group_members(
     return groups, sorted(singles)
 
 
-def _shape_key(member: Member, device, epochs) -> tuple:
-    """Everything that must be equal for members to share one batched model."""
+def _shape_key(member: Member, device, epochs, shapes: dict[str, tuple] | None = None) -> tuple:
+    """Everything that must be equal for members to share one batched model.
+
+    ``shapes`` memoises the parameter shapes per spec layout (the spec with each
+    bin list replaced by its length, which is all the shapes depend on), so a
+    batch that shares its choices builds one model here, not one per member.
+    """
     cfg, t = member.cfg, member.cfg.train
     model = cfg.model.model_dump(mode="json")
     model["dropout"] = model["dropout"] > 0  # the rate is batched; a Dropout layer or none is not
     features = cfg.features.model_dump(mode="json")
     features.pop("frequency_scale")  # only the initial frequencies: batched
-    model_net = build_model(model_spec(cfg.model, cfg.features, member.data), t.seed).to("meta")
-    shapes = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model_net.state_dict().items())
+    spec = model_spec(cfg.model, cfg.features, member.data)
+    layout = asdict(spec)
+    layout["bins"] = [len(b) for b in spec.bins] if spec.bins is not None else None
+    layout_key = json.dumps(layout, sort_keys=True)
+    memo = shapes if shapes is not None else {}
+    if layout_key not in memo:
+        net = build_model(spec, t.seed).to("meta")
+        memo[layout_key] = tuple(
+            (k, tuple(v.shape), str(v.dtype)) for k, v in net.state_dict().items()
+        )
     train = member.data.splits["train"]
     return (
         json.dumps([model, features], sort_keys=True),
-        shapes,
+        memo[layout_key],
         (member.data.preprocessor.n_dense, len(member.data.preprocessor.categorical)),
         tuple(member.data.out_dims.items()),
         t.batch_size,

@@ -880,6 +880,37 @@ class _BatchStudy:
         return getattr(self._study, name)
 
 
+class _PrunerView:
+    """The study as the pruner sees it for one epoch of a batch: completed trials read once.
+
+    ``Trial.should_prune`` hands the pruner the study, and the median pruner reads the
+    study's completed trials on every call; through the storage's cache that re-reads
+    every RUNNING trial of the batch, K reads of K trials an epoch. No trial of the
+    batch completes during one epoch's reports (they are told after training), so one
+    read serves them all; a trial another worker completes meanwhile counts from the
+    next epoch's read. Everything else is the study's.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+        self._completed: list[optuna.trial.FrozenTrial] | None = None
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        if states is not None and tuple(states) == (TrialState.COMPLETE,) and not deepcopy:
+            if self._completed is None:
+                self._completed = self._study.get_trials(deepcopy=False, states=states)
+            return self._completed
+        return self._study.get_trials(deepcopy=deepcopy, states=states)
+
+    def should_prune(self, trial: optuna.Trial) -> bool:
+        """``trial.should_prune()``, with this view as the study."""
+        # What Trial.should_prune does, but with this view: the trial as reported so far.
+        return self._study.pruner.prune(self, trial._get_latest_trial())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
 class _SiblingFailed(Exception):
     """Stops a trial's other folds once one of them failed: the trial has failed."""
 
@@ -954,6 +985,7 @@ def _epoch_reports(runs: list[_TrialRun]) -> Callable[[EpochEvent], dict[int, Ba
 
     def on_epoch(event: EpochEvent) -> dict[int, BaseException]:
         group, stops = set(event.group), {}
+        seen: _PrunerView | None = None
         for run in runs:
             mine = [i for i in run.members if i in event.logs or i in event.ended]
             if run.pruned or run.failed or not mine or not set(run.members) <= group:
@@ -969,7 +1001,8 @@ def _epoch_reports(runs: list[_TrialRun]) -> Callable[[EpochEvent], dict[int, Ba
             run.history.append(log)
             _log_epoch(run, log)
             run.trial.report(log.val_objective, event.epoch)
-            if run.trial.should_prune():
+            seen = seen or _PrunerView(run.trial.study)
+            if seen.should_prune(run.trial):
                 run.pruned = optuna.TrialPruned(f"pruned at epoch {event.epoch}")
                 stops.update({i: run.pruned for i in run.members})
         return stops

@@ -198,6 +198,37 @@ def test_pruned_trials_stop_and_leave_the_others_unaffected(tiny_synthetic, stor
         assert pruned.trials[n].value == pytest.approx(unpruned.trials[n].value, rel=1e-6)
 
 
+def test_the_median_pruner_reads_completed_trials_once_per_epoch(storage, monkeypatch):
+    # One epoch's reports of a batch share one read of the completed trials, and each
+    # trial gets the verdict Optuna's own should_prune gives.
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study = optuna.create_study(
+        storage=storage, pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    )
+    for value in (0.2, 0.4):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": value}, distributions=dist, value=value, intermediate_values={1: value}
+            )
+        )
+    trials = [study.ask(dist) for _ in range(4)]
+    for trial, value in zip(trials, (0.1, 0.25, 0.35, 0.9), strict=True):
+        trial.report(value, 1)
+    expected = [t.should_prune() for t in trials]
+    assert expected == [False, False, True, True]  # the median of 0.2 and 0.4 is 0.3
+    reads = []
+    real = study.get_trials
+
+    def spy(*args, **kw):
+        reads.append(kw.get("states"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(study, "get_trials", spy)
+    view = search._PrunerView(study)
+    assert [view.should_prune(t) for t in trials] == expected
+    assert len(reads) == 1
+
+
 def test_a_trial_that_cannot_be_logged_keeps_its_outcome(tiny_synthetic, storage):
     class Dead(_Recorder):
         def finish(self, state, metrics, reason):
