@@ -29,10 +29,13 @@ optimiser kind, schedule, penalty scope, weighting method, bf16, device).
 Weighting methods whose step is a function of the member's own task losses are
 batched (:data:`BATCHED_WEIGHTINGS`): ``static`` (each member's task weights),
 ``dwa`` (each member's weights from its own last two epochs, at its own
-temperature) and ``uncertainty`` (each member's learned log-variances, stacked
-with its weights and stepped by its AdamW, as ``fit`` steps them with the model).
-Those that act on gradients (``upgrad``, ``pcgrad``) or step their own weights by
-their own rule (``famo``) are not: those members, and a group of one, train
+temperature), ``uncertainty`` (each member's learned log-variances, stacked
+with its weights and stepped by its AdamW, as ``fit`` steps them with the model)
+and ``famo`` (each member's task logits, stepped after each step by their own Adam
+from the batch's losses recomputed under the new weights, as torchjd's ``FAMO``
+steps them, a task without labels in the batch sitting the step out as in
+:mod:`mtl_core.weighting.famo`). Those that act on gradients (``upgrad``,
+``pcgrad``) are not: those members, and a group of one, train
 sequentially through :func:`~mtl_core.train.train_from_config` (``fit``), with the
 same callbacks. BatchNorm (``model.norm: batch``) is batched, with each member's
 running statistics stacked like its weights; since a padded row would enter the
@@ -83,9 +86,11 @@ from mtl_core.train import (
     resolve_device,
     train_from_config,
 )
+from mtl_core.weighting.famo import ABSENT
 
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which fit uses
 EPS = 1e-8
+FAMO_EPS = 1e-8  # torchjd's FAMO adds it to each loss before the logarithm
 
 
 @dataclass
@@ -138,7 +143,7 @@ OnEpoch = Callable[[EpochEvent], Mapping[int, BaseException] | None]
 
 
 # The weighting methods the batched trainer implements (see the module's docstring).
-BATCHED_WEIGHTINGS = ("static", "dwa", "uncertainty")
+BATCHED_WEIGHTINGS = ("static", "dwa", "uncertainty", "famo")
 
 
 def sequential_reason(member: Member) -> str | None:
@@ -466,6 +471,13 @@ class _Population:
         if self.weighting == "dwa":  # 1 each until two epochs' mean losses exist
             self.W = torch.ones_like(self.W)
         self.temperature = vec([c.loss.dwa_temperature for c in cfgs])
+        if self.weighting == "famo":  # W holds the task logits, 0 at the start as torchjd's
+            self.W = torch.zeros_like(self.W)
+        self.famo_lr = vec([c.loss.famo_lr for c in cfgs], torch.float64)
+        self.famo_decay = vec([c.loss.famo_decay for c in cfgs])
+        self.famo_m = torch.zeros_like(self.W)  # the logits' Adam moments and step count
+        self.famo_v = torch.zeros_like(self.W)
+        self.famo_step = torch.zeros(k, dtype=torch.float64, device=dev)
         self.epoch_means: list[torch.Tensor] = []  # DWA: the last two epochs' task losses (K, T)
         penalised = {id(p) for p in penalised_parameters(first, cfgs[0].loss.penalty_scope)}
         self.pmask = torch.cat(  # (P + E,): 1 where the L1/L2 penalty applies
@@ -505,14 +517,20 @@ class _Population:
     def _member_loss(self, params, buffers, x, c, y, w, extra):
         """One member's weighted total and task losses (T,).
 
-        ``w`` (T,) are the member's task weights (static, or DWA's of this epoch);
-        ``extra`` (E,) what its weighting learns (uncertainty's log-variances s).
+        ``w`` (T,) are the member's task weights (static, or DWA's of this epoch), or
+        FAMO's task logits; ``extra`` (E,) what its weighting learns (uncertainty's
+        log-variances s).
         """
         out = functional_call(self.base, (params, buffers), (x, c))
         per_task = masked_task_losses(self.tasks, out, y)
         losses = torch.stack([per_task[t] for t in self.task_names])  # (T,)
         if self.weighting == "uncertainty":  # torchjd's UW: sum_t (exp(-s_t) L_t + s_t) / 2
             return (0.5 * torch.exp(-extra) * losses + 0.5 * extra).sum(), losses
+        if self.weighting == "famo":  # torchjd's FAMO: c sum_t z_t log(L_t + eps), c held
+            shifted = _famo_sat_out(losses) + FAMO_EPS
+            z = torch.softmax(w, dim=0).detach()
+            normalizer = (z / shifted).sum().detach()
+            return ((z / normalizer) * torch.log(shifted)).sum(), losses
         return (w * losses).sum(), losses
 
     def _member_sums(self, params, buffers, x, c, y):
@@ -586,6 +604,8 @@ class _Population:
                     else:
                         grad = grad * scale
                 self._update(grad, has[s] & self.ok, lr)
+                if self.weighting == "famo":
+                    self._famo_step(losses.detach(), (xb, cb, yb), has[s] & self.ok)
                 total_sum += torch.where(has[s], total.detach(), 0.0)
                 task_sum += torch.where(has[s][:, None], losses.detach().float(), 0.0)
         n = torch.tensor([max(st, 1) for st in steps], device=self.device, dtype=torch.float32)
@@ -593,6 +613,40 @@ class _Population:
             self._dwa_epoch_end(task_sum / n[:, None])
         both = torch.cat([(total_sum / n)[:, None], task_sum / n[:, None]], dim=1).tolist()
         return [row[0] for row in both], [row[1:] for row in both]  # the epoch's one host sync
+
+    @torch.no_grad()
+    def _famo_step(self, before: torch.Tensor, batch: tuple, active: torch.Tensor) -> None:
+        """Step each active member's task logits from its losses before and after the step.
+
+        As ``Famo.after_step``: the batch's losses recomputed under the new weights,
+        delta_t = log(L_t before) - log(L_t after), the softmax's gradient along delta
+        and one step of torch's Adam (L2 weight decay ``loss.famo_decay``) at
+        ``loss.famo_lr``. A task without labels in the batch keeps its logit and moments.
+        """
+        xb, cb, yb = batch
+        extra = self.flat[:, self.n_model :]
+        with self.autocast:
+            _, after = self._train_fn(self.params(), self.buffers, xb, cb, yb, self.W, extra)
+        present = (before > 0) & active[:, None]  # (K, T)
+        delta = torch.log(_famo_sat_out(before) + FAMO_EPS) - torch.log(
+            _famo_sat_out(after.float(), before) + FAMO_EPS
+        )
+        z = torch.softmax(self.W, dim=1)
+        g = z * (delta - (z * delta).sum(1, keepdim=True))  # d softmax(w) / dw, along delta
+        g = g + self.famo_decay[:, None] * self.W  # torch.optim.Adam's weight decay
+        b1, b2 = BETAS
+        step = self.famo_step + active
+        m = torch.lerp(self.famo_m, g, 1 - b1)
+        v = self.famo_v * b2 + (1 - b2) * g * g
+        seen = step.clamp_min(1)
+        bc1 = 1 - b1**seen
+        bc2_sqrt = (1 - b2**seen).sqrt()
+        denom = v.sqrt() / bc2_sqrt.to(v.dtype)[:, None] + EPS
+        w = self.W - (self.famo_lr / bc1).to(v.dtype)[:, None] * (m / denom)
+        self.W = torch.where(present, w, self.W)
+        self.famo_m = torch.where(present, m, self.famo_m)
+        self.famo_v = torch.where(present, v, self.famo_v)
+        self.famo_step = step
 
     @torch.no_grad()
     def _dwa_epoch_end(self, means: torch.Tensor) -> None:
@@ -711,7 +765,8 @@ class _Population:
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.flat = self.flat.detach().index_select(0, idx).requires_grad_(True)
         names = ("m", "v", "step", "ok", "best_flat", "lr", "wd", "clip", "l1", "l2", "W")
-        for name in (*names, "temperature"):
+        famo = ("famo_lr", "famo_decay", "famo_m", "famo_v", "famo_step")
+        for name in (*names, "temperature", *famo):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, idx))
@@ -722,6 +777,12 @@ class _Population:
         self.n_train = [self.n_train[r] for r in rows]
         self.n_val = [self.n_val[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]
+
+
+def _famo_sat_out(losses: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Losses with FAMO's ``ABSENT`` where a task had no label in the batch (``like``'s 0s)."""
+    gone = (losses if like is None else like) <= 0
+    return torch.where(gone, torch.full_like(losses, ABSENT), losses)
 
 
 def _data_key(data: PreparedData) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import vmap
@@ -132,19 +133,34 @@ def test_members_with_their_own_settings_each_match_their_own_fit(tiny_synthetic
     assert len({res.best_val_objective for _, res in batched}) == len(settings)
 
 
-@pytest.mark.parametrize("weighting", ["dwa", "uncertainty"])
+@pytest.mark.parametrize("weighting", ["dwa", "uncertainty", "famo"])
 def test_members_of_a_batched_weighting_each_match_their_own_fit(tiny_synthetic, weighting):
     base = tiny_synthetic("train.epochs=6", "train.min_delta=0.0", f"loss.weighting={weighting}")
     data = prepare(base.data, base.features)
     settings = [
-        {"train": {"lr": 3e-3}, "loss": {"dwa_temperature": 0.5}},
+        {"train": {"lr": 3e-3}, "loss": {"dwa_temperature": 0.5, "famo_lr": 0.1}},
         # Stops early, so the others go on without its row (and its DWA history).
         {"train": {"lr": 3e-2, "patience": 1, "min_delta": 0.2}, "loss": {"dwa_temperature": 5}},
-        {"train": {"lr": 1e-2, "seed": 7, "grad_clip": 0.5}, "loss": {"l2": 1e-2}},
+        {"train": {"lr": 1e-2, "seed": 7, "grad_clip": 0.5}, "loss": {"l2": 1e-2, "famo_decay": 0}},
     ]
     batched = _each_matches_its_own_fit(base, data, settings)
     lengths = [len(res.history) for _, res in batched]
     assert min(lengths) < max(lengths) == 6
+
+
+def test_famo_members_match_fit_when_a_task_has_no_label_in_a_batch(tiny_synthetic):
+    # With 10 labelled rows of y1 in batches of 16, about half the batches hold none: there
+    # the task sits FAMO's step out (logit and Adam moments kept), in fit and batched alike.
+    base = tiny_synthetic(
+        "train.epochs=4", "train.min_delta=0.0", "train.batch_size=16", "loss.weighting=famo"
+    )
+    data = prepare(base.data, base.features)
+    data.splits["train"].y["y1_positive"][10:] = np.nan
+    settings = [
+        {"train": {"lr": 3e-3}},
+        {"train": {"lr": 1e-2, "seed": 7}, "loss": {"famo_lr": 0.1}},
+    ]
+    _each_matches_its_own_fit(base, data, settings)
 
 
 def _sgd(tiny_synthetic, lr: float) -> ExperimentConfig:
