@@ -605,7 +605,7 @@ class _Population:
                         grad = grad * scale
                 self._update(grad, has[s] & self.ok, lr)
                 if self.weighting == "famo":
-                    self._famo_step(losses.detach(), (xb, cb, yb), has[s] & self.ok)
+                    self._famo_step(losses.detach().float(), (xb, cb, yb), has[s] & self.ok)
                 total_sum += torch.where(has[s], total.detach(), 0.0)
                 task_sum += torch.where(has[s][:, None], losses.detach().float(), 0.0)
         n = torch.tensor([max(st, 1) for st in steps], device=self.device, dtype=torch.float32)
