@@ -26,18 +26,28 @@ computation (architecture and its sizes, activation, norm, towers, the input
 representation and its embeddings, the parameter shapes, batch size, epochs,
 optimiser kind, schedule, penalty scope, weighting method, bf16, device).
 
-Weighting methods whose step is a function of the member's own task losses are
-batched (:data:`BATCHED_WEIGHTINGS`): ``static`` (each member's task weights),
-``dwa`` (each member's weights from its own last two epochs, at its own
-temperature), ``uncertainty`` (each member's learned log-variances, stacked
-with its weights and stepped by its AdamW, as ``fit`` steps them with the model)
-and ``famo`` (each member's task logits, stepped after each step by their own Adam
-from the batch's losses recomputed under the new weights, as torchjd's ``FAMO``
-steps them, a task without labels in the batch sitting the step out as in
-:mod:`mtl_core.weighting.famo`). Those that act on gradients (``upgrad``,
-``pcgrad``) are not: those members, and a group of one, train
-sequentially through :func:`~mtl_core.train.train_from_config` (``fit``), with the
-same callbacks. BatchNorm (``model.norm: batch``) is batched, with each member's
+Every registered weighting method is batched (:data:`BATCHED_WEIGHTINGS`):
+
+- ``static``: each member's task weights;
+- ``dwa``: each member's weights from its own last two epochs, at its own temperature;
+- ``uncertainty``: each member's learned log-variances, stacked with its weights
+  and stepped by its AdamW, as ``fit`` steps them with the model;
+- ``famo``: each member's task logits, stepped after each step by their own Adam
+  from the batch's losses recomputed under the new weights, as torchjd's ``FAMO``
+  steps them (a task without labels in the batch sits the step out, as in
+  :mod:`mtl_core.weighting.famo`);
+- ``upgrad`` and ``pcgrad``: one backward pass per task gives every member's task
+  gradients at once, the (K, T, T) Gramians of their shared parts are one batched
+  product, and torchjd's own weighting of the method turns each member's Gramian
+  into its T weights (a small call per member and step), which combine its task
+  gradients as ``torchjd.autojac.jac_to_grad`` combines them in ``fit``. PCGrad
+  draws its random task order from torch's global generator, so with three tasks
+  or more its order differs from ``fit``'s, as dropout masks do.
+
+A method not in :data:`BATCHED_WEIGHTINGS` (a new one, until it is added there),
+and a group of one, train sequentially through
+:func:`~mtl_core.train.train_from_config` (``fit``), with the same
+callbacks. BatchNorm (``model.norm: batch``) is batched, with each member's
 running statistics stacked like its weights; since a padded row would enter the
 batch statistics, its members are also grouped by their number of training rows.
 Without batch norm, members whose row counts differ (folds) are padded with rows
@@ -86,6 +96,7 @@ from mtl_core.train import (
     resolve_device,
     train_from_config,
 )
+from mtl_core.weighting import WEIGHTINGS
 from mtl_core.weighting.famo import ABSENT
 
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which fit uses
@@ -143,7 +154,9 @@ OnEpoch = Callable[[EpochEvent], Mapping[int, BaseException] | None]
 
 
 # The weighting methods the batched trainer implements (see the module's docstring).
-BATCHED_WEIGHTINGS = ("static", "dwa", "uncertainty", "famo")
+BATCHED_WEIGHTINGS = ("static", "dwa", "uncertainty", "famo", "upgrad", "pcgrad")
+# Those of them that aggregate the Jacobian of the task losses on the shared parameters.
+JACOBIAN_WEIGHTINGS = ("upgrad", "pcgrad")
 
 
 def sequential_reason(member: Member) -> str | None:
@@ -473,6 +486,16 @@ class _Population:
         self.temperature = vec([c.loss.dwa_temperature for c in cfgs])
         if self.weighting == "famo":  # W holds the task logits, 0 at the start as torchjd's
             self.W = torch.zeros_like(self.W)
+        if self.weighting in JACOBIAN_WEIGHTINGS:  # fit sums the losses outside the shared part
+            self.W = torch.ones_like(self.W)
+            method = WEIGHTINGS[self.weighting](self.task_names, **cfgs[0].loss.weighting_options())
+            # torchjd's Gramian-based weighting of the method, as its aggregator applies it.
+            self.gramian_weighting = method.aggregator.gramian_weighting
+            shared = {id(p) for p in first.shared_parameters() if p.requires_grad}
+            self.smask = torch.cat(  # (P + E,): True on the shared parameters
+                [torch.full((p.numel(),), id(p) in shared) for p in first.parameters()]
+                + [torch.zeros(self.n_extra, dtype=torch.bool)]
+            ).to(dev)
         self.famo_lr = vec([c.loss.famo_lr for c in cfgs], torch.float64)
         self.famo_decay = vec([c.loss.famo_decay for c in cfgs])
         self.famo_m = torch.zeros_like(self.W)  # the logits' Adam moments and step count
@@ -489,6 +512,9 @@ class _Population:
         self.v = torch.zeros_like(self.m) if self.optimizer == "adamw" else None
         self.step = torch.zeros(k, dtype=torch.float64, device=dev)
         self.ok = torch.ones(k, dtype=torch.bool, device=dev)  # False once a loss is non-finite
+        # A row's error other than a non-finite loss (the weighting's solver failing, say):
+        # the row is frozen (ok False) and ends with it at the end of the epoch.
+        self.errors: list[Exception | None] = [None] * k
         self.batch_size = cfgs[0].train.batch_size
         self.generators = [torch.Generator(device=dev).manual_seed(c.train.seed) for c in cfgs]
 
@@ -584,17 +610,21 @@ class _Population:
                 weighted, losses = self._train_fn(
                     self.params(), self.buffers, xb, cb, yb, self.W, extra
                 )
-            total = weighted.float()
+            penalty = torch.zeros((), device=self.device)
             if l1_on:
-                total = total + self.l1 * (self.flat.abs() * self.pmask).sum(1)
+                penalty = penalty + self.l1 * (self.flat.abs() * self.pmask).sum(1)
             if l2_on:
-                total = total + self.l2 * (self.flat.square() * self.pmask).sum(1)
-            self.flat.grad = None
-            total.sum().backward()
-            with torch.no_grad():
-                # A member that diverges is frozen from this step on; the others go on.
-                self.ok &= torch.isfinite(total) | ~has[s]
+                penalty = penalty + self.l2 * (self.flat.square() * self.pmask).sum(1)
+            total = weighted.float() + penalty
+            # A member that diverges is frozen from this step on; the others go on.
+            self.ok &= torch.isfinite(total.detach()) | ~has[s]
+            if self.weighting in JACOBIAN_WEIGHTINGS:
+                grad = self._jacobian_grad(losses, penalty, has[s] & self.ok)
+            else:
+                self.flat.grad = None
+                total.sum().backward()
                 grad = self.flat.grad
+            with torch.no_grad():
                 if clip_on:  # each member's own norm, as clip_grad_norm_ over its model's
                     model_grad = grad[:, : self.n_model]  # parameters (not the weighting's)
                     norm = torch.linalg.vector_norm(model_grad, dim=1)
@@ -613,6 +643,43 @@ class _Population:
             self._dwa_epoch_end(task_sum / n[:, None])
         both = torch.cat([(total_sum / n)[:, None], task_sum / n[:, None]], dim=1).tolist()
         return [row[0] for row in both], [row[1:] for row in both]  # the epoch's one host sync
+
+    def _jacobian_grad(
+        self, losses: torch.Tensor, penalty: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        """Each member's update direction under UPGrad or PCGrad, as ``Aggregated`` gives it.
+
+        Shared parameters: torchjd's weighting of the member's task-gradient Gramian
+        combines its task gradients there, plus the penalty's gradient. Every other
+        parameter: the gradient of the sum of the losses plus the penalty.
+        """
+        n_tasks = losses.shape[1]
+        rows = []
+        for t in range(n_tasks):  # one backward per task: every member's gradient of task t
+            (g,) = torch.autograd.grad(
+                losses[:, t].float().sum(), self.flat, retain_graph=True, allow_unused=True
+            )
+            rows.append(torch.zeros_like(self.flat) if g is None else g)
+        pen = None
+        if penalty.requires_grad:
+            (pen,) = torch.autograd.grad(penalty.sum(), self.flat, allow_unused=True)
+        with torch.no_grad():
+            jac = torch.stack(rows, dim=1)  # (K, T, P + E)
+            shared = jac[:, :, self.smask]  # (K, T, S)
+            gramians = (shared @ shared.transpose(1, 2)).cpu()  # (K, T, T)
+            weights = torch.zeros(len(self), n_tasks, dtype=shared.dtype)
+            for k in torch.nonzero(active.cpu()).flatten().tolist():
+                if not bool(torch.isfinite(gramians[k]).all()):
+                    weights[k] = math.nan  # as in fit: the step, then the loss, is non-finite
+                    continue
+                try:
+                    weights[k] = self.gramian_weighting(gramians[k])
+                except Exception as exc:  # as in fit, where it ends the trial: this member only
+                    self.errors[k] = exc
+                    self.ok[k] = False
+            grad = jac.sum(1)
+            grad[:, self.smask] = torch.einsum("kt,kts->ks", weights.to(shared.device), shared)
+            return grad if pen is None else grad + pen
 
     @torch.no_grad()
     def _famo_step(self, before: torch.Tensor, batch: tuple, active: torch.Tensor) -> None:
@@ -777,6 +844,7 @@ class _Population:
         self.n_train = [self.n_train[r] for r in rows]
         self.n_val = [self.n_val[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]
+        self.errors = [self.errors[r] for r in rows]
 
 
 def _famo_sat_out(losses: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -914,6 +982,7 @@ def fit_group(
         val = pop.validate()
         seconds = time.perf_counter() - t_epoch
         outcome = _epoch_logs(epoch, pop.task_names, lr.tolist(), seconds, train, val)
+        outcome = [o if e is None else e for o, e in zip(outcome, pop.errors, strict=True)]
         logs = {i: o for i, o in zip(rows, outcome, strict=True) if isinstance(o, EpochLog)}
         ended: dict[int, BaseException | None] = {
             i: o for i, o in zip(rows, outcome, strict=True) if not isinstance(o, EpochLog)

@@ -133,7 +133,7 @@ def test_members_with_their_own_settings_each_match_their_own_fit(tiny_synthetic
     assert len({res.best_val_objective for _, res in batched}) == len(settings)
 
 
-@pytest.mark.parametrize("weighting", ["dwa", "uncertainty", "famo"])
+@pytest.mark.parametrize("weighting", ["dwa", "uncertainty", "famo", "upgrad", "pcgrad"])
 def test_members_of_a_batched_weighting_each_match_their_own_fit(tiny_synthetic, weighting):
     base = tiny_synthetic("train.epochs=6", "train.min_delta=0.0", f"loss.weighting={weighting}")
     data = prepare(base.data, base.features)
@@ -161,6 +161,31 @@ def test_famo_members_match_fit_when_a_task_has_no_label_in_a_batch(tiny_synthet
         {"train": {"lr": 1e-2, "seed": 7}, "loss": {"famo_lr": 0.1}},
     ]
     _each_matches_its_own_fit(base, data, settings)
+
+
+def test_a_member_whose_weighting_fails_ends_alone_with_its_error(tiny_synthetic, monkeypatch):
+    # UPGrad's QP solver can fail (torchjd raises); in fit that ends the trial. Batched, it
+    # ends that member with the same error, and the others train on as if alone.
+    from torchjd.aggregation import UPGradWeighting
+
+    base = tiny_synthetic("train.epochs=3", "loss.weighting=upgrad")
+    data = prepare(base.data, base.features)
+    cfgs = [_with(base, train={"seed": seed}) for seed in (0, 1, 2)]
+    refs = [train_from_config(c, data)[1] for c in cfgs]
+    real, calls = UPGradWeighting.forward, []
+
+    def flaky(self, gramian):
+        calls.append(1)
+        if len(calls) == 2:  # the second member, at its first step
+            raise ValueError("Failed to solve the quadratic programming problem.")
+        return real(self, gramian)
+
+    monkeypatch.setattr(UPGradWeighting, "forward", flaky)
+    (_, r0), (model, r1), (_, r2) = fit_group([Member(c, data) for c in cfgs])
+    assert model is None and isinstance(r1.error, ValueError)
+    assert "quadratic programming" in str(r1.error)
+    _close(r0, refs[0], rel=1e-5)
+    _close(r2, refs[2], rel=1e-5)
 
 
 def _sgd(tiny_synthetic, lr: float) -> ExperimentConfig:
@@ -246,7 +271,7 @@ def test_members_are_grouped_by_shape(tiny_synthetic, monkeypatch):
         Member(_with(cfg, train={"batch_size": 32}), data),
         Member(_with(cfg, loss={"weighting": "dwa"}), data),  # batched, apart from static
         Member(_with(cfg, loss={"weighting": "dwa", "dwa_temperature": 1.0}), data),
-        Member(_with(cfg, loss={"weighting": "pcgrad"}), data),  # acts on gradients: fit
+        Member(_with(cfg, loss={"weighting": "pcgrad"}), data),  # batched, but alone: fit
     ]
     groups, singles = group_members(members)
     assert sorted(groups) == [[0, 1], [3, 4], [7, 8]]
@@ -258,7 +283,8 @@ def test_members_are_grouped_by_shape(tiny_synthetic, monkeypatch):
         log.val_objective for log in ref.history
     ]
     assert all(res.error is None and len(res.history) == 2 for _, res in out)
-    assert "not batched" in sequential_reason(members[9])
+    assert "not batched" in sequential_reason(members[5])
+    assert sequential_reason(members[9]) is None
 
 
 def test_member_dropout_draws_its_own_masks_at_its_own_rate():
