@@ -15,14 +15,16 @@
   sampler seed and trials): the chosen weights and penalties and the test result. The full
   run leaves Adult out of this section and the previous one (see :func:`left_out`).
 - **Memory.** Peak resident memory of a process that trains K Adult members for one epoch,
-  against K, and the largest K that fits in 8 GiB by a linear fit.
+  against K, and the largest K that fits in 8 GiB by a linear fit. Each K runs in a fresh
+  process and reads its own high-water mark (:func:`peak_rss`).
 
 ``--gpu`` (run by ``bench/gpu_check.sh``) trains K = 1, 8, 64, 256 members of the synthetic
 config with :func:`mtl_core.population.fit_group` in fp32 and bf16 autocast and reports member
 rows per second and peak GPU memory; without CUDA it runs tiny on the CPU and says so. That
 mode imports only torch, numpy, pandas, scikit-learn, pydantic and PyYAML (no Optuna).
 
-Run ``python -m bench.population [--smoke] [--out DIR] [--gpu]``.
+Run ``python -m bench.population [--smoke] [--out DIR] [--gpu] [--sections a,b]``
+(``--sections`` runs some of throughput, quality, cv and memory; the default is all).
 """
 
 from __future__ import annotations
@@ -435,6 +437,22 @@ def _short(value: Any) -> str:
 # --------------------------------------------------------------------------- memory
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: Linux's VmHWM, else ``ru_maxrss``.
+
+    ``ru_maxrss`` survives fork and exec, so a child started by a large parent reports
+    at least the parent's size; VmHWM belongs to the process's own address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def probe(spec: dict) -> None:
     """Child process: train K members for one epoch, print peak resident memory as JSON."""
     from mtl_core.population import Member, fit_group
@@ -442,14 +460,14 @@ def probe(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     cfg = load_config(spec["config"], spec["overrides"])
     data = prepare(cfg.data, cfg.features)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss()
     members = []
     for i in range(spec["k"]):
         lr = cfg.train.lr * (0.5 + i / max(1, spec["k"]))
         train = cfg.train.model_copy(update={"lr": lr, "seed": i})
         members.append(Member(cfg.model_copy(update={"train": train}), data))
     fit_group(members, epochs=1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"k": spec["k"], "peak_bytes": peak, "data_bytes": before}))
 
 
@@ -587,6 +605,11 @@ def main() -> None:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--gpu", action="store_true", help="fit_group on CUDA, K = 1..256")
         p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+        p.add_argument(
+            "--sections",
+            default="throughput,quality,cv,memory",
+            help="comma-separated sections to run (default: all)",
+        )
 
     if "--probe" in sys.argv:
         probe(json.loads(sys.argv[sys.argv.index("--probe") + 1]))
@@ -633,6 +656,10 @@ def main() -> None:
         "cv": ("Cross-validation", cross_validation),
         "memory": ("Memory", memory),
     }
+    wanted = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if unknown := [x for x in wanted if x not in sections]:
+        sys.exit(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(sections)}")
+    sections = {key: sections[key] for key in wanted}
     results: dict[str, Any] = {"seconds": {}}
     with tempfile.TemporaryDirectory(prefix="mtl-bench-population-") as folder:
         tmp = Path(folder)
