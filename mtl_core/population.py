@@ -249,8 +249,9 @@ def _shape_key(member: Member, device, epochs, shapes: dict[str, tuple] | None =
     """Everything that must be equal for members to share one batched model.
 
     ``shapes`` memoises the parameter shapes per spec layout (the spec with each
-    bin list replaced by its length, which is all the shapes depend on), so a
-    batch that shares its choices builds one model here, not one per member.
+    bin list replaced by its length, and without the batched dropout rate and
+    frequency scale: all the shapes depend on), so a batch that shares its choices
+    builds one model here, not one per member.
     """
     cfg, t = member.cfg, member.cfg.train
     model = cfg.model.model_dump(mode="json")
@@ -258,7 +259,9 @@ def _shape_key(member: Member, device, epochs, shapes: dict[str, tuple] | None =
     features = cfg.features.model_dump(mode="json")
     features.pop("frequency_scale")  # only the initial frequencies: batched
     spec = model_spec(cfg.model, cfg.features, member.data)
-    layout = asdict(spec)
+    # The rates and scales batched above change no shape either: left out, so that the
+    # members of a batch, which sample them, share one layout.
+    layout = asdict(spec) | {"model": model, "features": features}
     layout["bins"] = [len(b) for b in spec.bins] if spec.bins is not None else None
     layout_key = json.dumps(layout, sort_keys=True)
     memo = shapes if shapes is not None else {}
@@ -496,11 +499,13 @@ class _Population:
                 [torch.full((p.numel(),), id(p) in shared) for p in first.parameters()]
                 + [torch.zeros(self.n_extra, dtype=torch.bool)]
             ).to(dev)
-        self.famo_lr = vec([c.loss.famo_lr for c in cfgs], torch.float64)
-        self.famo_decay = vec([c.loss.famo_decay for c in cfgs])
-        self.famo_m = torch.zeros_like(self.W)  # the logits' Adam moments and step count
-        self.famo_v = torch.zeros_like(self.W)
-        self.famo_step = torch.zeros(k, dtype=torch.float64, device=dev)
+        # FAMO's logits' own Adam: rates, moments and step count (None under other methods).
+        famo = self.weighting == "famo"
+        self.famo_lr = vec([c.loss.famo_lr for c in cfgs], torch.float64) if famo else None
+        self.famo_decay = vec([c.loss.famo_decay for c in cfgs]) if famo else None
+        self.famo_m = torch.zeros_like(self.W) if famo else None
+        self.famo_v = torch.zeros_like(self.W) if famo else None
+        self.famo_step = torch.zeros(k, dtype=torch.float64, device=dev) if famo else None
         self.epoch_means: list[torch.Tensor] = []  # DWA: the last two epochs' task losses (K, T)
         penalised = {id(p) for p in penalised_parameters(first, cfgs[0].loss.penalty_scope)}
         self.pmask = torch.cat(  # (P + E,): 1 where the L1/L2 penalty applies
