@@ -72,6 +72,7 @@ def settings(smoke: bool, out: Path) -> dict[str, Any]:
             "adult_rows": 1500,
             "adult_csv": adult_csv,
             "throughput": {"datasets": ["default"], "epochs": 1, "ks": [1, 4], "trials": 4},
+            "storage": {"dataset": "default", "epochs": 1, "ks": [1, 4], "trials": 4},
             "quality": {"datasets": ["default"], "seconds": 1.0, "seeds": [0], "population": 2},
             "cv": {
                 "datasets": ["penguins"],
@@ -97,6 +98,7 @@ def settings(smoke: bool, out: Path) -> dict[str, Any]:
             "ks": [1, 4, 16, 64],
             "trials": 16,
         },
+        "storage": {"dataset": "default", "epochs": 5, "ks": [1, 16], "trials": 16},
         "quality": {
             "datasets": ["default", "penguins"],
             "seconds": 90.0,
@@ -126,16 +128,20 @@ def config(st: dict, name: str, *more: str) -> ExperimentConfig:
 # --------------------------------------------------------------------------- searches
 
 
-def run_search(cfg: ExperimentConfig, data: PreparedData, folder: Path, name: str) -> dict:
+def run_search(
+    cfg: ExperimentConfig, data: PreparedData, folder: Path, name: str, journal: bool = False
+) -> dict:
     """One fresh study of ``cfg.search``; wall and CPU seconds, trials and the best trial.
 
-    The study is created before the clock starts (the first one in a process pays for
-    SQLAlchemy's schema set-up, which is no part of a search).
+    The study is an SQLite file, or with ``journal`` an Optuna journal file. It is
+    created before the clock starts (the first one in a process pays for SQLAlchemy's
+    schema set-up, which is no part of a search).
     """
     from mtl_core.integrations import search
 
     raw = cfg.model_dump()
-    raw["search"].update(study_name=name, storage=f"sqlite:///{folder / name}.db")
+    url = str(folder / f"{name}.log") if journal else f"sqlite:///{folder / name}.db"
+    raw["search"].update(study_name=name, storage=url)
     cfg = ExperimentConfig.model_validate(raw)
     timeout = cfg.search.timeout_minutes * 60 if cfg.search.timeout_minutes else None
     search.open_study(cfg, cfg.search.storage)
@@ -199,6 +205,34 @@ def headline(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k.split('/')[1]} {k.split('/')[2]} {metrics[k]:.3f}" for k in keep)
 
 
+def timed_trials(
+    st: dict,
+    name: str,
+    fixed: list[str],
+    data: PreparedData,
+    k: int,
+    trials: int,
+    tmp: Path,
+    label: str,
+    journal: bool = False,
+) -> dict:
+    """One timed search in batches of ``k`` (``k`` = 1: sequential, half the trials)."""
+    n = k * math.ceil(trials / k) if k > 1 else max(1, trials // 2)
+    run = run_search(
+        config(st, name, *fixed, f"search.population={k}", f"search.n_trials={n}"),
+        data,
+        tmp,
+        label,
+        journal,
+    )
+    keep = ("seconds", "cpu_seconds", "trials", "best_value")
+    row = {key: run[key] for key in keep} | {"k": k}
+    row["trials_per_hour"] = 3600 * run["trials"] / run["seconds"]
+    row["cpu_s_per_trial"] = run["cpu_seconds"] / run["trials"]
+    print(label, row, flush=True)
+    return row
+
+
 def throughput(st: dict, report: Report, tmp: Path) -> dict:
     """Finished trials per hour against K, fixed epochs, no pruning or early stopping."""
     s, out = st["throughput"], {}
@@ -206,20 +240,10 @@ def throughput(st: dict, report: Report, tmp: Path) -> dict:
         fixed = [f"search.trial_epochs={s['epochs']}", "train.patience=null", "search.pruner=none"]
         cfg = config(st, name, *fixed)
         data = prepare(cfg.data, cfg.features)
-        rows = []
-        for k in s["ks"]:
-            n = k * math.ceil(s["trials"] / k) if k > 1 else max(1, s["trials"] // 2)
-            run = run_search(
-                config(st, name, *fixed, f"search.population={k}", f"search.n_trials={n}"),
-                data,
-                tmp,
-                f"throughput-{name}-{k}",
-            )
-            run["trials_per_hour"] = 3600 * run["trials"] / run["seconds"]
-            keep = ("seconds", "cpu_seconds", "trials", "best_value", "trials_per_hour")
-            rows.append({key: run[key] for key in keep} | {"k": k})
-            rows[-1]["cpu_s_per_trial"] = run["cpu_seconds"] / run["trials"]
-            print(name, k, rows[-1], flush=True)
+        rows = [
+            timed_trials(st, name, fixed, data, k, s["trials"], tmp, f"throughput-{name}-{k}")
+            for k in s["ks"]
+        ]
         st.setdefault("measured", {})[name] = {
             "epochs": s["epochs"],
             "s_per_trial": {r["k"]: r["seconds"] / max(r["trials"], 1) for r in rows},
@@ -250,6 +274,66 @@ def throughput(st: dict, report: Report, tmp: Path) -> dict:
                 f"≥ {TARGET_SPEEDUP}x: **{met(at16, TARGET_SPEEDUP)}**."
             )
     return out
+
+
+def storage(st: dict, report: Report, tmp: Path) -> dict:
+    """The throughput section's searches on an SQLite study and on an Optuna journal file.
+
+    Every trial pays for its bookkeeping in the study (ask, each parameter, each epoch's
+    report, tell), in either mode; the trials of a batch share their training but not
+    that. The journal file keeps the study in memory and appends to a file, where
+    SQLite goes through SQLAlchemy for each of those calls.
+    """
+    s, name = st["storage"], st["storage"]["dataset"]
+    fixed = [f"search.trial_epochs={s['epochs']}", "train.patience=null", "search.pruner=none"]
+    cfg = config(st, name, *fixed)
+    data = prepare(cfg.data, cfg.features)
+    out: dict[str, list[dict]] = {}
+    for kind in ("sqlite", "journal"):
+        out[kind] = [
+            timed_trials(
+                st,
+                name,
+                fixed,
+                data,
+                k,
+                s["trials"],
+                tmp,
+                f"storage-{name}-{kind}-{k}",
+                journal=kind == "journal",
+            )
+            for k in s["ks"]
+        ]
+        for r in out[kind]:
+            r["speedup"] = r["trials_per_hour"] / out[kind][0]["trials_per_hour"]
+    label = {"sqlite": "SQLite file", "journal": "journal file"}
+    report.table(
+        ["storage", "K", "trials", "seconds", "s per trial", "vs sequential, same storage"],
+        [
+            [
+                label[kind],
+                "1 (sequential)" if r["k"] == 1 else r["k"],
+                r["trials"],
+                fmt(r["seconds"], 1),
+                fmt(r["seconds"] / r["trials"], 3),
+                f"{r['speedup']:.2f}x",
+            ]
+            for kind, rows in out.items()
+            for r in rows
+        ],
+        caption=f"{name}: {s['epochs']} epochs per trial, the Optuna study's storage",
+    )
+    k = s["ks"][-1]
+    per = {kind: {r["k"]: r["seconds"] / r["trials"] for r in rows} for kind, rows in out.items()}
+    saved = {q: 1000 * (per["sqlite"][q] - per["journal"][q]) for q in s["ks"]}
+    report.add(
+        f"{name}: K = {k} gives **{out['sqlite'][-1]['speedup']:.2f}x** the sequential trials "
+        f"per hour on an SQLite study and **{out['journal'][-1]['speedup']:.2f}x** on a journal "
+        "file. The journal file costs "
+        + " and ".join(f"{fmt(saved[q], 0)} ms a trial less at K = {q}" for q in s["ks"])
+        + "."
+    )
+    return {"dataset": name, "epochs": s["epochs"], "rows": out, "saved_ms": saved}
 
 
 def left_out(st: dict, name: str, where: str) -> str:
@@ -357,24 +441,34 @@ def cross_validation(st: dict, report: Report, tmp: Path) -> dict:
         cost_fixed = [*fixed, epochs, "search.pruner=none", "train.patience=null"]
         cfg = config(st, name, *cost_fixed)
         data = prepare(cfg.data, cfg.features)
-        cost = {}
-        for size in s["sizes"]:
-            for folds in (1, k):
-                run = run_search(
-                    config(
-                        st,
-                        name,
-                        *cost_fixed,
-                        f"search.population={size}",
-                        f"search.n_trials={size}",
-                        f"search.cv_folds={folds}",
-                    ),
-                    data,
-                    tmp,
-                    f"cvcost-{name}-{size}-{folds}",
-                )
-                cost[(size, folds)] = run["seconds"]
-        ratios = {size: cost[(size, k)] / cost[(size, 1)] for size in s["sizes"]}
+        # The cost depends on the model the batch trains: the open space's first draw (all
+        # trials share it), and the config's own model, with the open choices closed.
+        spaces = {"open": [], "closed": closed_choices(cfg)}
+        cost, drawn = {}, {}
+        for space, closing in spaces.items():
+            for size in s["sizes"]:
+                for folds in (1, k):
+                    run = run_search(
+                        config(
+                            st,
+                            name,
+                            *cost_fixed,
+                            *closing,
+                            f"search.population={size}",
+                            f"search.n_trials={size}",
+                            f"search.cv_folds={folds}",
+                        ),
+                        data,
+                        tmp,
+                        f"cvcost-{name}-{space}-{size}-{folds}",
+                    )
+                    cost[(space, size, folds)] = run["seconds"]
+                    drawn[space] = model_choices(run["cfg"], run["study"])
+        ratios = {
+            (space, size): cost[(space, size, k)] / cost[(space, size, 1)]
+            for space in spaces
+            for size in s["sizes"]
+        }
         effect = {}
         for folds in (1, k):
             run = run_search(
@@ -391,27 +485,42 @@ def cross_validation(st: dict, report: Report, tmp: Path) -> dict:
             }
         same = effect[1]["params"] == effect[k]["params"]
         out[name] = {
-            "seconds": {f"{a}x{b}": v for (a, b), v in cost.items()},
-            "ratio": {str(size): r for size, r in ratios.items()},
+            "seconds": {f"{a}-{b}x{c}": v for (a, b, c), v in cost.items()},
+            "ratio": {f"{a}-{b}": r for (a, b), r in ratios.items()},
+            "models": drawn,
             "effect": effect,
             "same_choice": same,
         }
+        what = {
+            "open": "the open space's first draw",
+            "closed": "the config's model (choices closed)",
+        }
         report.table(
-            ["trials at once", "fixed split s", f"{k}-fold CV s", "CV / fixed"],
+            ["model", "trials at once", "fixed split s", f"{k}-fold CV s", "CV / fixed"],
             [
-                [size, fmt(cost[(size, 1)], 2), fmt(cost[(size, k)], 2), f"{ratios[size]:.2f}x"]
+                [
+                    f"{what[space]}: {drawn[space]}",
+                    size,
+                    fmt(cost[(space, size, 1)], 2),
+                    fmt(cost[(space, size, k)], 2),
+                    f"{ratios[(space, size)]:.2f}x",
+                ]
+                for space in spaces
                 for size in s["sizes"]
             ],
             caption=f"{name}: cost of {k}-fold CV as a population ({s['epochs']} epochs per trial)",
         )
-        report.add(
-            f"{name}: {k}-fold CV at K = {pop} costs **{ratios[pop]:.2f}x** the fixed split; "
-            + (
-                f"target ≤ {TARGET_CV_COST}x: **{met(ratios[pop], TARGET_CV_COST, False)}**."
-                if k == 5
-                else f"(the target, ≤ {TARGET_CV_COST}x, is for 5 folds)."
+        for space in spaces:
+            ratio = ratios[(space, pop)]
+            report.add(
+                f"{name}, {what[space]}: {k}-fold CV at K = {pop} costs **{ratio:.2f}x** the "
+                "fixed split; "
+                + (
+                    f"target ≤ {TARGET_CV_COST}x: **{met(ratio, TARGET_CV_COST, False)}**."
+                    if k == 5
+                    else f"(the target, ≤ {TARGET_CV_COST}x, is for 5 folds)."
+                )
             )
-        )
         keys = sorted({p for e in effect.values() for p in e["params"]})
         report.table(
             ["chosen by", *keys, "test objective", "test"],
@@ -428,6 +537,26 @@ def cross_validation(st: dict, report: Report, tmp: Path) -> dict:
         )
         report.add(f"{name}: CV {'keeps' if same else 'changes'} the chosen params.")
     return out
+
+
+def closed_choices(cfg: ExperimentConfig) -> list[str]:
+    """Overrides that close every open choice of ``cfg``'s search space (its model stays)."""
+    from mtl_core.integrations.search import CHOICE_PARAMS
+
+    keys = (*CHOICE_PARAMS, "dropout", "frequency_scale")
+    return [f"search.{key}=null" for key in keys if getattr(cfg.search, key) is not None]
+
+
+def model_choices(cfg: ExperimentConfig, study) -> str:
+    """What a study's first trial, and so its batch, trained: architecture, weighting, layers."""
+    from mtl_core.integrations.search import apply_params
+
+    first = min(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    trained = apply_params(cfg, first.user_attrs.get("params", {}))
+    return (
+        f"{trained.model.arch}, {trained.loss.weighting}, hidden {list(trained.model.hidden)}, "
+        f"embedding {trained.features.numeric_embedding}"
+    )
 
 
 def _short(value: Any) -> str:
@@ -607,7 +736,7 @@ def main() -> None:
         p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
         p.add_argument(
             "--sections",
-            default="throughput,quality,cv,memory",
+            default="throughput,storage,quality,cv,memory",
             help="comma-separated sections to run (default: all)",
         )
 
@@ -652,6 +781,7 @@ def main() -> None:
                 adult_data.write_csv(path, rows=st["adult_rows"])
     sections = {
         "throughput": ("Search throughput", throughput),
+        "storage": ("Search throughput by study storage", storage),
         "quality": ("Quality at equal wall time", quality),
         "cv": ("Cross-validation", cross_validation),
         "memory": ("Memory", memory),
