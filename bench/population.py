@@ -759,8 +759,9 @@ def main() -> None:
         args.smoke,
     )
     report.add(
-        f"{st['threads']} torch thread(s); every search on a fresh SQLite study, created before "
-        "its clock starts, after one untimed warm-up search of each kind. Dataset overrides: "
+        f"{st['threads']} torch thread(s); every search on a fresh SQLite study (the storage "
+        "section's also on a journal file), created before its clock starts, after one untimed "
+        "warm-up search of each kind. Dataset overrides: "
         + "; ".join(f"{n}: `{' '.join(o) or 'none'}`" for n, (_, o) in st["configs"].items())
         + "."
     )

@@ -246,6 +246,14 @@ def targets_table(out: Path) -> str:
             lambda v: f"{v:.2f}x",
             lambda v: v >= 4.0,
         )
+    add(
+        "population K=16 vs sequential search on a journal-file study, trials/hour: default",
+        "population",
+        lambda r: {x["k"]: x["speedup"] for x in r["storage"]["rows"]["journal"]}[16],
+        "– (the target is for the SQLite default, above)",
+        lambda v: f"{v:.2f}x",
+        None,
+    )
     population = _load(out, "population")
     if population:
         quality = population["results"].get("quality", {})
@@ -274,16 +282,20 @@ def targets_table(out: Path) -> str:
         ]
         for name, measure, target in not_run:
             rows.append([f"{measure}: {name}", "not run (the section says why)", target, "–"])
+        models = {"open": "the open space's first draw", "closed": "the config's model"}
         for name, cv in cvs.items():
-            if "16" in cv["ratio"]:
-                rows.append(
-                    [
-                        f"5-fold CV as a population (K=16) / fixed split, wall time: {name}",
-                        f"{cv['ratio']['16']:.2f}x",
-                        "≤ 2x",
-                        "met" if cv["ratio"]["16"] <= 2.0 else "missed",
-                    ]
-                )
+            for space, what in models.items():
+                ratio = cv["ratio"].get(f"{space}-16")
+                if ratio is not None:
+                    rows.append(
+                        [
+                            f"5-fold CV as a population (K=16) / fixed split, wall time: "
+                            f"{name}, {what}",
+                            f"{ratio:.2f}x",
+                            "≤ 2x",
+                            "met" if ratio <= 2.0 else "missed",
+                        ]
+                    )
     add(
         "largest K within 8 GiB (Adult, linear fit of peak RSS)",
         "population",

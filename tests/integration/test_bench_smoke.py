@@ -156,8 +156,13 @@ def test_population_numbers_are_sane(smoke):
     for rec in pop["quality"]["default"]:
         assert rec["sequential"]["trials"] >= 1 and rec["population"]["trials"] >= 2
         assert math.isfinite(rec["sequential"]["best_value"])
+    for kind in ("sqlite", "journal"):  # the same searches on both study storages
+        rows = pop["storage"]["rows"][kind]
+        assert [x["k"] for x in rows] == [1, 4] and rows[1]["trials"] == 4
+        assert all(finite_positive(x["trials_per_hour"]) for x in rows)
     cv = pop["cv"]["penguins"]
-    assert finite_positive(cv["ratio"]["2"])
+    assert finite_positive(cv["ratio"]["open-2"]) and finite_positive(cv["ratio"]["closed-2"])
+    assert "shared_bottom, static" in cv["models"]["closed"]  # the penguins config's own model
     assert all(math.isfinite(e["best_value"]) for e in cv["effect"].values())
     assert [m["k"] for m in pop["memory"]["rows"]] == [1, 8]
     assert all(finite_positive(m["peak_bytes"]) for m in pop["memory"]["rows"])
