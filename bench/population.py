@@ -4,13 +4,17 @@
   epochs (``search.trial_epochs``, early stopping and pruning off), run sequentially
   (``search.population=1``, today's search) and in batches of K; finished trials per hour, on
   ``configs/default.yaml`` and on UCI Adult, with 2 torch threads. K = 1 is the sequential run.
+- **Throughput by study storage.** The default config's throughput searches (K = 1 and 16)
+  on an SQLite study and on an Optuna journal file: the share of the study's per-trial
+  bookkeeping (ask, suggestions, reports, tell) in a trial's time.
 - **Quality at equal wall time.** Each dataset's config as is (its epochs, early stopping and
   median pruner), searched for the same number of seconds (``search.timeout_minutes``: no trial
   or batch starts after it, so both sides overrun by at most one trial or batch; the measured
   seconds are reported) sequentially and with a population; then, as the pipeline does, the
   best params retrained on the training split (early-stopped on validation) and scored on test.
 - **Cross-validation.** Cost: the same batch of trials with ``search.cv_folds=5`` against the
-  fixed split, both as a population (a trial's 5 folds are 5 members of the batch). Effect: on
+  fixed split, both as a population (a trial's 5 folds are 5 members of the batch), for the
+  open space's first draw and for the config's own model (the open choices closed). Effect: on
   penguins, the search choosing by 5-fold CV against choosing on the validation split (same
   sampler seed and trials): the chosen weights and penalties and the test result. The full
   run leaves Adult out of this section and the previous one (see :func:`left_out`).
@@ -24,7 +28,7 @@ rows per second and peak GPU memory; without CUDA it runs tiny on the CPU and sa
 mode imports only torch, numpy, pandas, scikit-learn, pydantic and PyYAML (no Optuna).
 
 Run ``python -m bench.population [--smoke] [--out DIR] [--gpu] [--sections a,b]``
-(``--sections`` runs some of throughput, quality, cv and memory; the default is all).
+(``--sections`` runs some of throughput, storage, quality, cv and memory; the default is all).
 """
 
 from __future__ import annotations
@@ -540,7 +544,11 @@ def cross_validation(st: dict, report: Report, tmp: Path) -> dict:
 
 
 def closed_choices(cfg: ExperimentConfig) -> list[str]:
-    """Overrides that close every open choice of ``cfg``'s search space (its model stays)."""
+    """Overrides that close ``cfg``'s open choices and its dropout and frequency-scale ranges.
+
+    What is left to search are the task weights, penalties and learning rate: every trial
+    trains the config's own model.
+    """
     from mtl_core.integrations.search import CHOICE_PARAMS
 
     keys = (*CHOICE_PARAMS, "dropout", "frequency_scale")
