@@ -209,6 +209,18 @@ def headline(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k.split('/')[1]} {k.split('/')[2]} {metrics[k]:.3f}" for k in keep)
 
 
+def fixed_work(epochs: int) -> list[str]:
+    """Overrides under which every trial trains exactly ``epochs`` epochs (no stopping, pruning)."""
+    return [f"search.trial_epochs={epochs}", "train.patience=null", "search.pruner=none"]
+
+
+def with_speedups(rows: list[dict]) -> list[dict]:
+    """``rows`` (the first one sequential) with each one's trials per hour against the first's."""
+    for r in rows:
+        r["speedup"] = r["trials_per_hour"] / rows[0]["trials_per_hour"]
+    return rows
+
+
 def timed_trials(
     st: dict,
     name: str,
@@ -241,20 +253,19 @@ def throughput(st: dict, report: Report, tmp: Path) -> dict:
     """Finished trials per hour against K, fixed epochs, no pruning or early stopping."""
     s, out = st["throughput"], {}
     for name in s["datasets"]:
-        fixed = [f"search.trial_epochs={s['epochs']}", "train.patience=null", "search.pruner=none"]
+        fixed = fixed_work(s["epochs"])
         cfg = config(st, name, *fixed)
         data = prepare(cfg.data, cfg.features)
-        rows = [
-            timed_trials(st, name, fixed, data, k, s["trials"], tmp, f"throughput-{name}-{k}")
-            for k in s["ks"]
-        ]
+        rows = with_speedups(
+            [
+                timed_trials(st, name, fixed, data, k, s["trials"], tmp, f"throughput-{name}-{k}")
+                for k in s["ks"]
+            ]
+        )
         st.setdefault("measured", {})[name] = {
             "epochs": s["epochs"],
             "s_per_trial": {r["k"]: r["seconds"] / max(r["trials"], 1) for r in rows},
         }
-        seq = rows[0]["trials_per_hour"]
-        for r in rows:
-            r["speedup"] = r["trials_per_hour"] / seq
         out[name] = rows
         report.table(
             ["K", "trials", "seconds", "trials/hour", "vs sequential", "CPU s per trial"],
@@ -289,27 +300,27 @@ def storage(st: dict, report: Report, tmp: Path) -> dict:
     SQLite goes through SQLAlchemy for each of those calls.
     """
     s, name = st["storage"], st["storage"]["dataset"]
-    fixed = [f"search.trial_epochs={s['epochs']}", "train.patience=null", "search.pruner=none"]
+    fixed = fixed_work(s["epochs"])
     cfg = config(st, name, *fixed)
     data = prepare(cfg.data, cfg.features)
     out: dict[str, list[dict]] = {}
     for kind in ("sqlite", "journal"):
-        out[kind] = [
-            timed_trials(
-                st,
-                name,
-                fixed,
-                data,
-                k,
-                s["trials"],
-                tmp,
-                f"storage-{name}-{kind}-{k}",
-                journal=kind == "journal",
-            )
-            for k in s["ks"]
-        ]
-        for r in out[kind]:
-            r["speedup"] = r["trials_per_hour"] / out[kind][0]["trials_per_hour"]
+        out[kind] = with_speedups(
+            [
+                timed_trials(
+                    st,
+                    name,
+                    fixed,
+                    data,
+                    k,
+                    s["trials"],
+                    tmp,
+                    f"storage-{name}-{kind}-{k}",
+                    journal=kind == "journal",
+                )
+                for k in s["ks"]
+            ]
+        )
     label = {"sqlite": "SQLite file", "journal": "journal file"}
     report.table(
         ["storage", "K", "trials", "seconds", "s per trial", "vs sequential, same storage"],
@@ -441,8 +452,7 @@ def cross_validation(st: dict, report: Report, tmp: Path) -> dict:
     k, pop, n = s["k"], s["population"], s["trials"]
     for name in s["datasets"]:
         fixed = [f"search.n_trials={n}", f"search.population={pop}"]
-        epochs = f"search.trial_epochs={s['epochs']}"
-        cost_fixed = [*fixed, epochs, "search.pruner=none", "train.patience=null"]
+        cost_fixed = [*fixed, *fixed_work(s["epochs"])]
         cfg = config(st, name, *cost_fixed)
         data = prepare(cfg.data, cfg.features)
         # The cost depends on the model the batch trains: the open space's first draw (all
