@@ -30,4 +30,10 @@ def configure_environment() -> Path:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow 3's usage telemetry (read when mlflow is imported, so set here, first) has no
+    # network to reach here either, and its client sets and unsets _MLFLOW_TELEMETRY_SESSION_ID
+    # in os.environ from a background thread. Once, in the pool tests, a trial worker's
+    # log-batch request failed with KeyError '_MLFLOW_TELEMETRY_SESSION_ID' (a race on the
+    # environment, as far as we can tell), which stopped the search. A user's setting wins.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     return state
